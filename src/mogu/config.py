@@ -1,0 +1,125 @@
+"""Typed configuration objects.
+
+Every object here is a pydantic model so that a bad value is reported with the
+name of the field that holds it, and so that a resolved config can be written
+next to every output (`dump_resolved`) and read back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mogu import __version__
+
+Mode = Literal["base", "glad", "unwill", "mogu", "fixed"]
+EXPERTS: tuple[str, str] = ("glad", "unwill")
+
+
+class StrictModel(BaseModel):
+    """Base for configs: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExpertConfig(StrictModel):
+    """LoRA shape shared by both experts (MoGU: r 8, alpha 16, dropout 0.05)."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+class RouterConfig(StrictModel):
+    """Shape of the per-layer router (two independent sigmoid scorers).
+
+    ``paper``: Linear(d, hidden, no bias) -> Linear(hidden, d) -> Linear(d, 1),
+    as released by the authors (a linear map, heavily over-parameterised).
+    ``linear``: Linear(d, 1), the same function class with d + 1 parameters.
+    ``input_norm`` divides the router input by its RMS: the input of the
+    attention output projection is not normalised, and its scale differs from
+    layer to layer, which makes a shared learning rate a poor fit.
+    """
+
+    shape: Literal["paper", "linear"] = "paper"
+    hidden: int = Field(512, ge=1)
+    input_norm: bool = True
+    init_bias: float = Field(0.0, description="initial logit of both scorers (0 -> weight 0.5)")
+
+
+class BaseModelInfo(StrictModel):
+    """Identity of the base model a bundle was built on."""
+
+    source: str = Field(description="what the user named: 'default', a folder, a GGUF file or a hub id")
+    name_or_path: str = ""
+    architecture: str = ""
+    model_type: str = ""
+    fingerprint: str = Field("", description="sha256 over names, shapes and sampled values of the weights")
+
+
+class MoGUConfig(StrictModel):
+    """Everything needed to rebuild a MoGU model on top of its base model."""
+
+    base: BaseModelInfo
+    target_modules: list[str] = Field(description="full module names of the routed projections")
+    layers: list[int] = Field(description="decoder-layer index of each target, same order")
+    expert: ExpertConfig = ExpertConfig()
+    router: RouterConfig = RouterConfig()
+    routed_tokens: int = Field(5, ge=0, description="tokens decoded with routing before the base model takes over")
+    handover: Literal["cached", "faithful"] = "cached"
+    chat_template: str | None = None
+    mogu_version: str = __version__
+
+    @model_validator(mode="after")
+    def _same_length(self) -> MoGUConfig:
+        if len(self.target_modules) != len(self.layers):
+            raise ValueError("target_modules and layers must have the same length")
+        return self
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """Commit of the source tree mogu runs from, if it is a git checkout."""
+    here = path or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance() -> dict[str, Any]:
+    """Versions that produced an output, saved beside it."""
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "mogu": __version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def resolved_dict(config: BaseModel) -> dict[str, Any]:
+    """The config with every default filled in, plus provenance."""
+    return {"config": config.model_dump(mode="json"), "provenance": provenance()}
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)

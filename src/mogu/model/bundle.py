@@ -1,0 +1,388 @@
+"""``MoGUModel``: a stock causal LM with routed projections, and its bundle on disk.
+
+A bundle is a folder::
+
+    mogu_config.json        MoGUConfig + provenance + sha256 of every file below
+    glad/  unwill/          ordinary PEFT LoRA adapters (adapter_config.json,
+                            adapter_model.safetensors), loadable on their own
+                            with PeftModel.from_pretrained
+    router.safetensors      the routers, keyed by decoder-layer index
+    (train_config.json, train_log.jsonl, ... written by training)
+
+Weights are safetensors only; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mogu.config import EXPERTS, ExpertConfig, Mode, MoGUConfig, RouterConfig, provenance, write_json_atomic
+from mogu.model.layer import MoGULayer, RoutingState
+from mogu.model.loading import DEFAULT_MODEL, load_base
+from mogu.model.targets import find_targets
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "mogu_config.json"
+ROUTER_NAME = "router.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+Stage = Literal["glad", "unwill", "router"]
+
+
+class BundleError(ValueError):
+    """A bundle or adapter on disk is missing, corrupt, or does not fit the model."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BundleError(f"missing file: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BundleError(f"corrupt safetensors file {path}: {err}") from err
+
+
+class MoGUModel(nn.Module):
+    """A frozen base model whose target projections are replaced by ``MoGULayer``s."""
+
+    def __init__(self, base_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: MoGUConfig) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.state = RoutingState()
+        base_model.requires_grad_(False)
+        layers = []
+        for name, index in zip(config.target_modules, config.layers):
+            parent_name, _, child = name.rpartition(".")
+            parent = base_model.get_submodule(parent_name)
+            original = getattr(parent, child)
+            layer = MoGULayer(original, index, config.expert, config.router, self.state)
+            layer.lora_A.to(original.weight.device)
+            layer.lora_B.to(original.weight.device)
+            layer.router.to(original.weight.device)
+            setattr(parent, child, layer)
+            layers.append(layer)
+        self.layers: list[MoGULayer] = layers  # a plain list: the modules are registered inside base_model
+        self.eval()
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_base(
+        cls,
+        source: str = DEFAULT_MODEL,
+        *,
+        target_module: str | None = None,
+        layers: list[int] | None = None,
+        expert: ExpertConfig | None = None,
+        router: RouterConfig | None = None,
+        routed_tokens: int = 5,
+        chat_template: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+    ) -> MoGUModel:
+        """A new MoGU model on a base model: experts equal to the base (LoRA B = 0), fresh routers."""
+        loaded = load_base(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return cls.wrap(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.info,
+            target_module=target_module,
+            layers=layers,
+            expert=expert,
+            router=router,
+            routed_tokens=routed_tokens,
+            chat_template=chat_template,
+        )
+
+    @classmethod
+    def wrap(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        info,
+        *,
+        target_module: str | None = None,
+        layers: list[int] | None = None,
+        expert: ExpertConfig | None = None,
+        router: RouterConfig | None = None,
+        routed_tokens: int = 5,
+        chat_template: str | None = None,
+    ) -> MoGUModel:
+        """Wrap an already loaded model (``info`` is its ``BaseModelInfo``)."""
+        targets = find_targets(model, target_module, layers)
+        config = MoGUConfig(
+            base=info,
+            target_modules=[t.name for t in targets],
+            layers=[t.layer for t in targets],
+            expert=expert or ExpertConfig(),
+            router=router or RouterConfig(),
+            routed_tokens=routed_tokens,
+            chat_template=chat_template,
+        )
+        return cls(model, tokenizer, config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        base: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        check_base: bool = True,
+    ) -> MoGUModel:
+        """Load a bundle; ``base`` overrides where the base model is loaded from."""
+        path = Path(path)
+        config = read_config(path)
+        loaded = load_base(base or config.base.source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        if check_base and loaded.info.fingerprint != config.base.fingerprint:
+            raise BundleError(
+                f"{path} was built on base model {config.base.source!r} (fingerprint {config.base.fingerprint[:12]}), "
+                f"but {loaded.info.source!r} has fingerprint {loaded.info.fingerprint[:12]}: a different model"
+            )
+        model = cls(loaded.model, loaded.tokenizer, config)
+        for name in EXPERTS:
+            model.load_expert(name, path / name)
+        model.load_router(path / ROUTER_NAME)
+        return model
+
+    # -------------------------------------------------------------- running
+    def forward(self, *args, **kwargs):
+        return self.base_model(*args, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.base_model.device
+
+    def set_mode(self, mode: Mode, fixed: tuple[float, float] | None = None) -> None:
+        """Switch every routed layer; ``fixed`` is (w_unwill, w_glad) for mode ``fixed``."""
+        if mode not in ("base", "glad", "unwill", "mogu", "fixed"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.state.mode = mode
+        if fixed is not None:
+            self.state.fixed = (float(fixed[0]), float(fixed[1]))
+
+    @contextlib.contextmanager
+    def mode(self, mode: Mode, fixed: tuple[float, float] | None = None, record: bool | None = None) -> Iterator[None]:
+        """Temporarily switch mode (and gate recording)."""
+        previous = (self.state.mode, self.state.fixed, self.state.record)
+        self.set_mode(mode, fixed)
+        if record is not None:
+            self.state.record = record
+        try:
+            yield
+        finally:
+            self.state.mode, self.state.fixed, self.state.record = previous
+
+    def gates(self) -> torch.Tensor:
+        """Gate weights of the last recorded forward: (layers, batch, seq, 2), [..., 0] unwill, [..., 1] glad."""
+        if not self.state.gates:
+            raise RuntimeError("no gates recorded: run a forward pass in mode 'mogu' or 'fixed' with record=True")
+        return torch.stack([self.state.gates[i] for i in self.config.layers])
+
+    # ------------------------------------------------------------ parameters
+    def stage_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        """The parameters a training stage updates; nothing else gets gradients."""
+        if stage == "router":
+            return [p for layer in self.layers for p in layer.router.parameters()]
+        if stage in EXPERTS:
+            return [p for layer in self.layers for p in (layer.lora_A[stage].weight, layer.lora_B[stage].weight)]
+        raise ValueError(f"unknown stage {stage!r}")
+
+    def set_trainable(self, stage: Stage | None) -> list[nn.Parameter]:
+        """Freeze everything, then unfreeze the parameters of ``stage`` (None: all frozen)."""
+        self.requires_grad_(False)
+        if stage is None:
+            return []
+        params = self.stage_parameters(stage)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def parameter_counts(self) -> dict[str, int]:
+        mogu_params = {id(p) for layer in self.layers for p in layer.parameters()} - {
+            id(p) for layer in self.layers for p in layer.base_layer.parameters()
+        }
+        counts = {
+            "base": sum(p.numel() for p in self.base_model.parameters() if id(p) not in mogu_params),
+            "router": sum(p.numel() for p in self.stage_parameters("router")),
+        }
+        for name in EXPERTS:
+            counts[f"expert_{name}"] = sum(p.numel() for p in self.stage_parameters(name))
+        return counts
+
+    # --------------------------------------------------------- experts (PEFT)
+    def _is_conv1d(self) -> bool:
+        return type(self.layers[0].base_layer).__name__ == "Conv1D"
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.config.expert.r,
+            lora_alpha=self.config.expert.alpha,
+            lora_dropout=self.config.expert.dropout,
+            target_modules=list(self.config.target_modules),
+            fan_in_fan_out=self._is_conv1d(),
+            bias="none",
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=self.config.base.name_or_path,
+        )
+
+    def expert_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """One expert in PEFT's on-disk key format."""
+        state = {}
+        for target, layer in zip(self.config.target_modules, self.layers):
+            for part in ("lora_A", "lora_B"):
+                weight = getattr(layer, part)[name].weight
+                state[f"{PEFT_PREFIX}{target}.{part}.weight"] = weight.detach().to("cpu", torch.float32).contiguous()
+        return state
+
+    def save_expert(self, name: str, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.peft_config().save_pretrained(str(directory))
+        save_file(self.expert_state_dict(name), str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+    def load_expert(self, name: str, directory: Path) -> None:
+        """Load a PEFT LoRA adapter folder into expert ``name``."""
+        config_path = directory / ADAPTER_CONFIG
+        if not config_path.is_file():
+            raise BundleError(f"missing adapter config: {config_path}")
+        try:
+            adapter = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise BundleError(f"{config_path}:{err.lineno}: invalid JSON: {err.msg}") from err
+        for field, expected in (("r", self.config.expert.r), ("lora_alpha", self.config.expert.alpha)):
+            if adapter.get(field) != expected:
+                raise BundleError(f"{config_path}: field {field!r} is {adapter.get(field)!r}, the model expects {expected!r}")
+        weights = _load_safetensors(directory / ADAPTER_WEIGHTS)
+        expected_keys = set(self.expert_state_dict(name))
+        if set(weights) != expected_keys:
+            missing = sorted(expected_keys - set(weights))[:3]
+            extra = sorted(set(weights) - expected_keys)[:3]
+            raise BundleError(
+                f"{directory / ADAPTER_WEIGHTS}: adapter does not fit this model's targets "
+                f"(missing e.g. {missing}, unexpected e.g. {extra})"
+            )
+        for target, layer in zip(self.config.target_modules, self.layers):
+            for part in ("lora_A", "lora_B"):
+                key = f"{PEFT_PREFIX}{target}.{part}.weight"
+                param = getattr(layer, part)[name].weight
+                if weights[key].shape != param.shape:
+                    raise BundleError(f"{directory / ADAPTER_WEIGHTS}: {key} has shape {tuple(weights[key].shape)}, expected {tuple(param.shape)}")
+                with torch.no_grad():
+                    param.copy_(weights[key])
+
+    # --------------------------------------------------------------- routers
+    def router_state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            f"layers.{layer.layer_index}.{key}": value.detach().to("cpu", torch.float32).contiguous()
+            for layer in self.layers
+            for key, value in layer.router.state_dict().items()
+        }
+
+    def load_router(self, path: Path) -> None:
+        weights = _load_safetensors(path)
+        expected = self.router_state_dict()
+        if set(weights) != set(expected):
+            raise BundleError(
+                f"{path}: router weights do not fit this model (router shape {self.config.router.shape!r}, "
+                f"layers {self.config.layers})"
+            )
+        for layer in self.layers:
+            prefix = f"layers.{layer.layer_index}."
+            state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            try:
+                layer.router.load_state_dict(state)
+            except RuntimeError as err:
+                raise BundleError(f"{path}: {err}") from err
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(self, path: str | Path, extra_files: dict[str, Path] | None = None) -> Path:
+        """Write the bundle atomically: built in a temporary folder, then swapped in."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            for name in EXPERTS:
+                self.save_expert(name, tmp / name)
+            save_file(self.router_state_dict(), str(tmp / ROUTER_NAME), metadata={"format": "pt"})
+            for name, source in (extra_files or {}).items():
+                shutil.copyfile(source, tmp / name)
+            files = {
+                str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()
+            }
+            payload = {"config": self.config.model_dump(mode="json"), "provenance": provenance(), "files": files}
+            write_json_atomic(tmp / CONFIG_NAME, payload)
+            _swap_in(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("saved MoGU bundle to %s", path)
+        return path
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace ``target`` by ``new`` so that an interruption never leaves a half bundle at ``target``."""
+    if not target.exists():
+        new.rename(target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_config(path: Path, verify: bool = True) -> MoGUConfig:
+    """Read and validate a bundle's config, checking file checksums."""
+    config_path = Path(path) / CONFIG_NAME
+    if not config_path.is_file():
+        raise BundleError(f"{path} is not a MoGU bundle: {CONFIG_NAME} not found")
+    try:
+        payload = json.loads(config_path.read_text(encoding="utf-8"))
+        config = MoGUConfig.model_validate(payload["config"])
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{config_path}:{err.lineno}: invalid JSON: {err.msg}") from err
+    except (KeyError, TypeError) as err:
+        raise BundleError(f"{config_path}: missing field 'config'") from err
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{config_path}: field 'config.{field}': {first['msg']}") from err
+    if verify:
+        for name, digest in payload.get("files", {}).items():
+            file = Path(path) / name
+            if not file.is_file():
+                raise BundleError(f"{path}: missing file {name}")
+            if _sha256(file) != digest:
+                raise BundleError(f"{file}: checksum mismatch (the file is corrupt or was changed after saving)")
+    return config

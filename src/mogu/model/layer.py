@@ -1,0 +1,97 @@
+"""The routed projection: a frozen base projection, two LoRA experts and a router.
+
+For input ``h`` the output in each mode is::
+
+    base    W h
+    glad    W h + s * dW_glad h
+    unwill  W h + s * dW_unwill h
+    mogu    (w_u + w_g) * W h + s * (w_u * dW_unwill h + w_g * dW_glad h),  (w_u, w_g) = router(h)
+    fixed   the same with (w_u, w_g) given
+
+which is ``w_u * Unwill_resp(h) + w_g * Glad_resp(h)`` as in MoGU. For base
+projections with a bias, ``W h`` includes the bias (the whole expert output is
+weighted). The LoRA parameter names (``lora_A.<expert>.weight``) follow PEFT's
+so that an expert converts to and from a PEFT adapter file by renaming keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mogu.config import EXPERTS, ExpertConfig, Mode, RouterConfig
+from mogu.model.router import Router
+
+
+@dataclass
+class RoutingState:
+    """State shared by all routed layers of one model: set once, read by each layer."""
+
+    mode: Mode = "base"
+    fixed: tuple[float, float] = (0.5, 0.5)  # (w_unwill, w_glad) for mode "fixed"
+    record: bool = False  # keep the gate weights of the last forward pass
+    gates: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (batch, seq, 2)
+
+
+def projection_features(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a GPT-2 style Conv1D."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and weight is not None and weight.dim() == 2:
+        return weight.shape[0], weight.shape[1]  # Conv1D stores (in, out)
+    raise TypeError(f"cannot route a {type(module).__name__}: only nn.Linear and Conv1D projections are supported")
+
+
+class MoGULayer(nn.Module):
+    """Wraps one projection of a stock transformers model (injected by module name)."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        layer_index: int,
+        expert: ExpertConfig,
+        router: RouterConfig,
+        state: RoutingState,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = projection_features(base_layer)
+        self.base_layer = base_layer
+        self.layer_index = layer_index
+        self.state = state
+        self.scaling = expert.scaling
+        self.lora_dropout = nn.Dropout(expert.dropout) if expert.dropout > 0 else nn.Identity()
+        self.lora_A = nn.ModuleDict({name: nn.Linear(self.in_features, expert.r, bias=False) for name in EXPERTS})
+        self.lora_B = nn.ModuleDict({name: nn.Linear(expert.r, self.out_features, bias=False) for name in EXPERTS})
+        self.router = Router(self.in_features, router)
+        self.reset_experts()
+
+    def reset_experts(self) -> None:
+        """PEFT's default LoRA init: A Kaiming-uniform, B zero, so a new expert equals the base."""
+        for name in EXPERTS:
+            nn.init.kaiming_uniform_(self.lora_A[name].weight, a=5**0.5)
+            nn.init.zeros_(self.lora_B[name].weight)
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """s * B A x for one expert, computed in the adapter's dtype."""
+        a = self.lora_A[name]
+        return self.lora_B[name](a(self.lora_dropout(x.to(a.weight.dtype)))) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        mode = self.state.mode
+        if mode == "base":
+            return out
+        if mode in EXPERTS:
+            return out + self.delta(mode, x).to(out.dtype)
+        if mode == "mogu":
+            gates = self.router(x)
+        else:  # fixed
+            gates = x.new_tensor(self.state.fixed, dtype=torch.float32).expand(*x.shape[:-1], 2)
+        if self.state.record:
+            self.state.gates[self.layer_index] = gates
+        w_unwill, w_glad = gates[..., :1], gates[..., 1:]
+        mixed = (w_unwill + w_glad) * out.float() + w_unwill * self.delta("unwill", x) + w_glad * self.delta("glad", x)
+        return mixed.to(out.dtype)

@@ -1,0 +1,139 @@
+"""The MoGU layer injected into stock models, for every supported architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from mogu.config import RouterConfig
+from mogu.model import MoGUModel
+from mogu.model.layer import MoGULayer
+
+from helpers import batch, randomize
+
+
+def logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.fixture
+def mogu(tiny_dir) -> MoGUModel:
+    return randomize(MoGUModel.from_base(str(tiny_dir)))
+
+
+def test_targets_are_attention_output_projections(mogu, arch):
+    expected = {
+        "gpt2": "attn.c_proj",
+        "falcon": "self_attention.dense",
+    }.get(arch, "self_attn.o_proj")
+    assert len(mogu.layers) == 2
+    assert all(name.endswith(expected) for name in mogu.config.target_modules)
+    assert mogu.config.layers == [0, 1]
+
+
+def test_base_mode_is_exactly_the_stock_model(mogu, tiny_dir, tiny_tokenizer):
+    stock = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    inputs = batch(tiny_tokenizer)
+    with mogu.mode("base"):
+        assert torch.equal(logits(mogu, inputs), logits(stock, inputs))
+    with mogu.mode("mogu"):
+        assert not torch.allclose(logits(mogu, inputs), logits(stock, inputs))
+
+
+@pytest.mark.parametrize("expert", ["glad", "unwill"])
+def test_expert_mode_equals_peft_model(mogu, tiny_dir, tiny_tokenizer, tmp_path, expert):
+    mogu.save_expert(expert, tmp_path / expert)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), tmp_path / expert).eval()
+    inputs = batch(tiny_tokenizer)
+    with mogu.mode(expert):
+        ours = logits(mogu, inputs)
+    theirs = logits(peft_model, inputs)
+    assert (ours - theirs).abs().max().item() < 1e-5
+    with peft_model.disable_adapter():
+        assert (ours - logits(peft_model, inputs)).abs().max().item() > 1e-3  # the adapter does something
+
+
+def test_fixed_weights_select_an_expert(mogu, tiny_tokenizer):
+    inputs = batch(tiny_tokenizer)
+    for fixed, expert in (((0.0, 1.0), "glad"), ((1.0, 0.0), "unwill")):
+        with mogu.mode("fixed", fixed=fixed):
+            mixed = logits(mogu, inputs)
+        with mogu.mode(expert):
+            single = logits(mogu, inputs)
+        assert (mixed - single).abs().max().item() < 1e-5
+
+
+def test_layer_output_matches_the_mogu_formula():
+    from mogu.config import ExpertConfig
+    from mogu.model.layer import RoutingState
+
+    torch.manual_seed(0)
+    state = RoutingState(mode="mogu", record=True)
+    base = torch.nn.Linear(16, 12, bias=True)
+    layer = MoGULayer(base, 3, ExpertConfig(dropout=0.0), RouterConfig(shape="linear"), state)
+    for p in layer.lora_B.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.randn(2, 5, 16)
+    out = layer(x)
+    w = state.gates[3]
+    assert w.shape == (2, 5, 2)
+    s = layer.scaling
+    d_u = s * x @ layer.lora_A["unwill"].weight.T @ layer.lora_B["unwill"].weight.T
+    d_g = s * x @ layer.lora_A["glad"].weight.T @ layer.lora_B["glad"].weight.T
+    expected = w[..., :1] * (base(x) + d_u) + w[..., 1:] * (base(x) + d_g)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_gates_are_recorded_per_layer_and_token(mogu, tiny_tokenizer):
+    inputs = batch(tiny_tokenizer)
+    with mogu.mode("mogu", record=True):
+        mogu(**inputs)
+    gates = mogu.gates()
+    assert gates.shape == (2, *inputs["input_ids"].shape, 2)
+    assert ((gates >= 0) & (gates <= 1)).all() and gates.std() > 0
+
+
+@pytest.mark.parametrize("shape", ["paper", "linear"])
+def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape):
+    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(shape=shape, hidden=8)))
+    model.save_pretrained(tmp_path / "bundle")
+    loaded = MoGUModel.from_pretrained(tmp_path / "bundle")
+    inputs = batch(tiny_tokenizer)
+    for mode in ("mogu", "glad", "unwill"):
+        with model.mode(mode), loaded.mode(mode):
+            assert torch.equal(logits(model, inputs), logits(loaded, inputs))
+    assert loaded.config == model.config
+
+
+@pytest.mark.parametrize("stage", ["glad", "unwill", "router"])
+def test_gradients_reach_only_the_stage_parameters(mogu, tiny_tokenizer, stage):
+    trainable = mogu.set_trainable(stage)
+    inputs = batch(tiny_tokenizer)
+    with mogu.mode("mogu" if stage == "router" else stage):
+        loss = mogu(**inputs, labels=inputs["input_ids"]).loss
+    loss.backward()
+    wanted = {id(p) for p in trainable}
+    with_grad = {id(p) for p in mogu.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad and with_grad <= wanted
+    assert len(with_grad) == len(wanted)
+
+
+def test_layer_restriction(tiny_dir):
+    model = MoGUModel.from_base(str(tiny_dir), layers=[1])
+    assert model.config.layers == [1]
+    assert len(model.layers) == 1
+
+
+def test_parameter_counts(llama_dir):
+    paper = MoGUModel.from_base(str(llama_dir), router=RouterConfig(shape="paper", hidden=16)).parameter_counts()
+    linear = MoGUModel.from_base(str(llama_dir), router=RouterConfig(shape="linear")).parameter_counts()
+    d = 32  # hidden size of the tiny llama = o_proj in/out
+    assert linear["router"] == 2 * 2 * (d + 1)
+    assert paper["router"] == 2 * 2 * (d * 16 + 16 * d + d + d + 1)
+    assert paper["expert_glad"] == 2 * 8 * (d + d)
+    assert paper["base"] == linear["base"] == sum(
+        p.numel() for p in AutoModelForCausalLM.from_pretrained(llama_dir).parameters()
+    )
