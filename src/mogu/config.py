@@ -123,3 +123,31 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+class DecodingConfig(StrictModel):
+    """How to decode: shared by ``generate``, the CLI, evaluation and the server.
+
+    ``temperature`` 0 means greedy. ``routed_tokens`` and ``handover`` default
+    to the bundle's own settings when left at None. ``mode`` applies to the
+    routed tokens only: ``mogu`` is the method; ``base``, ``glad``, ``unwill``
+    and ``fixed`` (with ``fixed`` weights) are ablations.
+    """
+
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=100.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0: no top-k filter")
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, description="strings that end the answer (not included in it)")
+    routed_tokens: int | None = Field(None, ge=0)
+    handover: Literal["cached", "faithful"] | None = None
+    mode: Mode = Field("mogu", description="how the routed tokens are decoded; other modes serve ablations")
+    fixed: tuple[float, float] = Field((0.5, 0.5), description="(w_unwill, w_glad) for mode 'fixed'")
+    return_gates: bool = False
+
+    @model_validator(mode="after")
+    def _no_empty_stop(self) -> DecodingConfig:
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self

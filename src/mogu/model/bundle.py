@@ -179,6 +179,18 @@ class MoGUModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.base_model(*args, **kwargs)
 
+    def generate(self, prompts, decoding=None, on_text=None):
+        """Answer chat prompts: routed first tokens, then the base model (see ``mogu.generate``)."""
+        from mogu.generate import generate
+
+        return generate(self, prompts, decoding, on_text)
+
+    def stream(self, prompt, decoding=None):
+        """Yield the answer to one prompt as it is decoded (see ``mogu.generate.stream``)."""
+        from mogu.generate import stream
+
+        return stream(self, prompt, decoding)
+
     @property
     def device(self) -> torch.device:
         return self.base_model.device

@@ -33,6 +33,9 @@ class RoutingState:
     fixed: tuple[float, float] = (0.5, 0.5)  # (w_unwill, w_glad) for mode "fixed"
     record: bool = False  # keep the gate weights of the last forward pass
     gates: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (batch, seq, 2)
+    # While decoding: layer -> one (batch, 2) tensor per forward, the gates at the last position
+    # (the position whose output chooses the next token). None: not traced.
+    trace: dict[int, list[torch.Tensor]] | None = None
 
 
 def projection_features(module: nn.Module) -> tuple[int, int]:
@@ -92,6 +95,8 @@ class MoGULayer(nn.Module):
             gates = x.new_tensor(self.state.fixed, dtype=torch.float32).expand(*x.shape[:-1], 2)
         if self.state.record:
             self.state.gates[self.layer_index] = gates
+        if self.state.trace is not None:
+            self.state.trace.setdefault(self.layer_index, []).append(gates[:, -1].detach())
         w_unwill, w_glad = gates[..., :1], gates[..., 1:]
         mixed = (w_unwill + w_glad) * out.float() + w_unwill * self.delta("unwill", x) + w_glad * self.delta("glad", x)
         return mixed.to(out.dtype)

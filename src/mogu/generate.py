@@ -1,0 +1,311 @@
+"""MoGU generation with one copy of the weights and a KV cache.
+
+The first ``m`` tokens are decoded with routing (mode ``mogu``), the rest by
+the base model alone (mode ``base``: the routed layers return the stock
+projection). Both phases are ordinary ``transformers`` ``generate`` calls on
+the same model, so sampling, EOS, stop strings and padding behave exactly as
+in the plain model. Hand-over modes:
+
+``faithful``
+    the base model re-reads prompt + routed tokens with a fresh cache, as the
+    released MoGU inference does (there the base model is a second copy);
+``cached``
+    the base model continues on the routed phase's cache, whose keys and
+    values for the prompt were computed by the mixed model (no re-read).
+
+Gates (``return_gates``): for routed token ``i`` and each routed layer, the
+(w_unwill, w_glad) weights at the position whose output chose token ``i``
+(the last prompt position for the first token).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation.streamers import BaseStreamer
+
+from mogu.config import DecodingConfig
+from mogu.model.chat import ChatInput, format_chat
+
+if TYPE_CHECKING:
+    from mogu.model.bundle import MoGUModel
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length"]
+#: ``on_text(row, delta)``: called with each new piece of text of each prompt as it is decoded.
+TextCallback = Callable[[int, str], None]
+
+
+class GenerationError(ValueError):
+    """A prompt or decoding setting that cannot be generated from."""
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    routed_tokens: int
+    gates: torch.Tensor | None = None  # (routed tokens, layers, 2): [..., 0] unwill, [..., 1] glad
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def context_limit(model: torch.nn.Module) -> int | None:
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def eos_ids(model: MoGUModel) -> list[int]:
+    ids = model.base_model.generation_config.eos_token_id
+    if ids is None:
+        ids = model.tokenizer.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    # Chat models end a turn with their template's end token; make sure it stops decoding.
+    eos = model.tokenizer.eos_token_id
+    if eos is not None and eos not in ids:
+        ids.append(eos)
+    return ids
+
+
+def hf_generation_config(model: MoGUModel, decoding: DecodingConfig, max_new_tokens: int) -> GenerationConfig:
+    """The transformers decoding settings for ``decoding`` (the same for MoGU and the plain model)."""
+    sample = decoding.temperature > 0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=decoding.temperature if sample else None,
+        top_p=decoding.top_p if sample else None,
+        top_k=decoding.top_k if sample else None,
+        eos_token_id=eos_ids(model),
+        pad_token_id=model.tokenizer.pad_token_id,
+        stop_strings=decoding.stop or None,
+    )
+
+
+def encode_prompts(model: MoGUModel, prompts: Sequence[ChatInput], max_new_tokens: int) -> dict[str, torch.Tensor]:
+    """Chat-format and tokenize with left padding, checking emptiness and the context length."""
+    if not prompts:
+        raise GenerationError("no prompts given")
+    tokenizer = model.tokenizer
+    texts = [format_chat(tokenizer, p, model.config.chat_template) for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    limit = context_limit(model.base_model)
+    if limit is not None:
+        longest = int(enc["attention_mask"].sum(-1).max())
+        if longest + max_new_tokens > limit:
+            raise GenerationError(
+                f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's context of "
+                f"{limit} tokens; shorten the prompt or lower max_new_tokens"
+            )
+    return {k: v.to(model.device) for k, v in enc.items()}
+
+
+class _RowStreamer(BaseStreamer):
+    """Feeds each row's new tokens to a ``TextDecoder``; ignores the prompt and ``end``.
+
+    ``rows`` maps the batch rows of the current ``generate`` call to the
+    caller's prompt indices (finished prompts leave the batch between phases).
+    """
+
+    def __init__(self, decoders: list[TextDecoder], on_text: TextCallback | None) -> None:
+        self.decoders = decoders
+        self.on_text = on_text
+        self.rows: list[int] = list(range(len(decoders)))
+        self.skip_prompt = True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.skip_prompt:  # generate first pushes the prompt
+            self.skip_prompt = False
+            return
+        for row, token in zip(self.rows, value.reshape(-1).tolist()):
+            delta = self.decoders[row].add(token)
+            if delta and self.on_text is not None:
+                self.on_text(row, delta)
+
+    def end(self) -> None:
+        self.skip_prompt = True
+
+
+class TextDecoder:
+    """Turns one prompt's tokens into text incrementally, honouring EOS and stop strings.
+
+    Text is released only when it cannot be the start of a stop string and does
+    not end in an incomplete multi-byte character, so a stream never shows text
+    that the final answer does not contain.
+    """
+
+    def __init__(self, tokenizer, eos: Sequence[int], stop: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.eos = set(eos)
+        self.stop = list(stop)
+        self.ids: list[int] = []
+        self.count = 0  # tokens decoded, including a final EOS
+        self.text = ""
+        self.emitted = 0
+        self.finish: FinishReason | None = None
+
+    def add(self, token: int) -> str:
+        if self.finish is not None:
+            return ""
+        self.count += 1
+        if token in self.eos:
+            self.finish = "stop"
+            return self._release(final=True)
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for s in self.stop:
+            cut = self.text.find(s)
+            if cut >= 0:
+                self.text = self.text[:cut]
+                self.finish = "stop"
+                return self._release(final=True)
+        return self._release(final=False)
+
+    def _release(self, final: bool) -> str:
+        end = len(self.text)
+        if not final:
+            if self.text.endswith("\ufffd"):
+                return ""
+            for s in self.stop:  # hold back a tail that could grow into a stop string
+                for k in range(min(len(s) - 1, end), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        delta = self.text[self.emitted : end]
+        self.emitted = max(self.emitted, end)
+        return delta
+
+    def flush(self) -> str:
+        return self._release(final=True)
+
+
+def generate(
+    model: MoGUModel,
+    prompts: Sequence[ChatInput],
+    decoding: DecodingConfig | None = None,
+    on_text: TextCallback | None = None,
+) -> list[Generation]:
+    """Generate answers for a batch of chat prompts (strings or message lists)."""
+    decoding = decoding or DecodingConfig()
+    m = model.config.routed_tokens if decoding.routed_tokens is None else decoding.routed_tokens
+    m = min(m, decoding.max_new_tokens)
+    handover = decoding.handover or model.config.handover
+    enc = encode_prompts(model, prompts, decoding.max_new_tokens)
+    eos = eos_ids(model)
+    decoders = [TextDecoder(model.tokenizer, eos, decoding.stop) for _ in prompts]
+    streamer = _RowStreamer(decoders, on_text)
+    tokenizer_kw = {"tokenizer": model.tokenizer} if decoding.stop else {}
+    if decoding.seed is not None:
+        torch.manual_seed(decoding.seed)
+
+    input_ids, mask = enc["input_ids"], enc["attention_mask"]
+    prompt_len = input_ids.shape[1]
+    gates = None
+    cache = None
+    if m > 0:
+        trace: dict[int, list[torch.Tensor]] = {}
+        model.state.trace = trace if decoding.return_gates and decoding.mode in ("mogu", "fixed") else None
+        try:
+            with model.mode(decoding.mode, decoding.fixed), torch.no_grad():
+                out = model.base_model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    generation_config=hf_generation_config(model, decoding, m),
+                    streamer=streamer,
+                    return_dict_in_generate=True,
+                    **tokenizer_kw,
+                )
+        finally:
+            model.state.trace = None
+        if trace:
+            gates = torch.stack([torch.stack(trace[i], dim=1) for i in model.config.layers], dim=2).float().cpu()
+        input_ids, cache = out.sequences, out.past_key_values
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], input_ids.shape[1] - prompt_len)], dim=1)
+
+    remaining = decoding.max_new_tokens - m
+    alive = [i for i, d in enumerate(decoders) if d.finish is None]
+    if remaining > 0 and alive:
+        rows = torch.tensor(alive, device=input_ids.device)
+        if len(alive) < len(decoders):
+            input_ids, mask = input_ids[rows], mask[rows]
+            if cache is not None:
+                cache.batch_select_indices(rows)
+        streamer.rows = alive
+        with model.mode("base"), torch.no_grad():
+            model.base_model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                past_key_values=cache if handover == "cached" else None,
+                generation_config=hf_generation_config(model, decoding, remaining),
+                streamer=streamer,
+                **tokenizer_kw,
+            )
+
+    results = []
+    lengths = enc["attention_mask"].sum(-1).tolist()
+    for row, decoder in enumerate(decoders):
+        tail = decoder.flush()
+        if tail and on_text is not None:
+            on_text(row, tail)
+        routed = min(m, decoder.count)
+        results.append(
+            Generation(
+                text=decoder.text,
+                token_ids=list(decoder.ids),
+                finish_reason=decoder.finish or "length",
+                prompt_tokens=int(lengths[row]),
+                routed_tokens=routed,
+                gates=gates[row, :routed] if gates is not None else None,
+            )
+        )
+    return results
+
+
+def stream(
+    model: MoGUModel, prompt: ChatInput, decoding: DecodingConfig | None = None
+) -> Iterator[str]:
+    """Yield the answer to one prompt piece by piece as it is decoded.
+
+    Generation runs in a worker thread; closing the iterator early lets the
+    worker finish its current call but discards its text.
+    """
+    pieces: queue.Queue[tuple[str, object]] = queue.Queue()
+
+    def work() -> None:
+        try:
+            generate(model, [prompt], decoding, on_text=lambda _row, delta: pieces.put(("text", delta)))
+            pieces.put(("done", None))
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            pieces.put(("error", err))
+
+    worker = threading.Thread(target=work, daemon=True, name="mogu-stream")
+    worker.start()
+    while True:
+        kind, payload = pieces.get()
+        if kind == "text":
+            yield payload  # type: ignore[misc]
+        elif kind == "error":
+            raise payload  # type: ignore[misc]
+        else:
+            return

@@ -1,0 +1,157 @@
+"""Generation: routed first tokens then the base model, one copy of the weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from pydantic import ValidationError
+from transformers import AutoModelForCausalLM
+
+from mogu.config import DecodingConfig
+from mogu.generate import GenerationError, generate
+from mogu.model import MoGUModel
+from mogu.model.chat import ChatTemplateError
+from tests.helpers import randomize
+
+PROMPTS = ["How do I bake bread?", "Tell me a poem about the sea and the sky, please, in many words", "Hi"]
+GREEDY = DecodingConfig(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def mogu(tiny_model_dirs) -> MoGUModel:
+    return randomize(MoGUModel.from_base(str(tiny_model_dirs["llama"])), seed=3)
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model_dirs):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).eval()
+
+
+def prompt_ids(model: MoGUModel, prompt: str) -> torch.Tensor:
+    text = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return model.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+
+def plain_greedy(plain, model: MoGUModel, prompt: str, n: int) -> list[int]:
+    ids = prompt_ids(model, prompt)
+    out = plain.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                         eos_token_id=model.tokenizer.eos_token_id, pad_token_id=model.tokenizer.pad_token_id)
+    return strip_eos(out[0, ids.shape[1]:].tolist(), model)
+
+
+def strip_eos(ids: list[int], model: MoGUModel) -> list[int]:
+    eos = model.tokenizer.eos_token_id
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def released_reference(model: MoGUModel, plain, prompt: str, m: int, n: int) -> list[int]:
+    """The released procedure: a second full copy for the mixed model, no KV cache for the
+    routed tokens (the whole sequence is re-run for each), then the base copy re-reads it all."""
+    mixed = copy.deepcopy(model)
+    mixed.set_mode("mogu")
+    ids = prompt_ids(model, prompt)
+    eos = model.tokenizer.eos_token_id
+    routed: list[int] = []
+    with torch.no_grad():
+        for _ in range(m):
+            logits = mixed(input_ids=torch.cat([ids, torch.tensor([routed], dtype=ids.dtype)], dim=1)).logits
+            token = int(logits[0, -1].argmax())
+            routed.append(token)
+            if token == eos:
+                return routed[:-1]
+    full = torch.cat([ids, torch.tensor([routed], dtype=ids.dtype)], dim=1)
+    out = plain.generate(full, attention_mask=torch.ones_like(full), max_new_tokens=n - m, do_sample=False,
+                         eos_token_id=eos, pad_token_id=model.tokenizer.pad_token_id)
+    return strip_eos(routed + out[0, full.shape[1]:].tolist(), model)
+
+
+@pytest.mark.parametrize("decoding", [GREEDY.model_copy(update={"routed_tokens": 0}), GREEDY.model_copy(update={"mode": "base"})])
+def test_without_routing_equals_the_plain_model(mogu, plain, decoding):
+    for prompt in PROMPTS:
+        [result] = generate(mogu, [prompt], decoding)
+        assert result.token_ids == plain_greedy(plain, mogu, prompt, 12)
+
+
+def test_routing_changes_the_output(mogu, plain):
+    routed = [g.token_ids for g in generate(mogu, PROMPTS, GREEDY)]
+    base = [plain_greedy(plain, mogu, p, 12) for p in PROMPTS]
+    assert routed != base  # the randomised experts must matter, or the tests below prove nothing
+
+
+@pytest.mark.parametrize("handover", ["cached", "faithful"])
+def test_batch_equals_one_by_one(mogu, handover):
+    decoding = GREEDY.model_copy(update={"handover": handover})
+    batched = [g.token_ids for g in generate(mogu, PROMPTS, decoding)]
+    single = [generate(mogu, [p], decoding)[0].token_ids for p in PROMPTS]
+    assert batched == single
+
+
+def test_faithful_mode_matches_the_released_procedure(mogu, plain):
+    decoding = GREEDY.model_copy(update={"handover": "faithful", "routed_tokens": 5})
+    for prompt in PROMPTS:
+        [result] = generate(mogu, [prompt], decoding)
+        assert result.token_ids == released_reference(mogu, plain, prompt, 5, 12)
+
+
+def test_sampling_with_a_seed_is_reproducible(mogu):
+    decoding = DecodingConfig(max_new_tokens=10, temperature=1.5, top_p=0.95, top_k=50, seed=7)
+    first = [g.token_ids for g in generate(mogu, PROMPTS, decoding)]
+    assert first == [g.token_ids for g in generate(mogu, PROMPTS, decoding)]
+    other = [g.token_ids for g in generate(mogu, PROMPTS, decoding.model_copy(update={"seed": 8}))]
+    assert first != other
+
+
+def test_streaming_gives_the_same_text(mogu):
+    decoding = DecodingConfig(max_new_tokens=15)
+    [whole] = generate(mogu, [PROMPTS[0]], decoding)
+    pieces = list(mogu.stream(PROMPTS[0], decoding))
+    assert "".join(pieces) == whole.text
+    assert len(pieces) > 1
+
+
+def test_batched_text_callback_streams_every_row(mogu):
+    seen: dict[int, str] = {}
+    results = generate(mogu, PROMPTS, GREEDY, on_text=lambda row, d: seen.__setitem__(row, seen.get(row, "") + d))
+    assert [seen.get(i, "") for i in range(len(PROMPTS))] == [r.text for r in results]
+
+
+def test_stop_strings_end_the_text(mogu):
+    [free] = generate(mogu, [PROMPTS[1]], DecodingConfig(max_new_tokens=20))
+    assert len(free.text) > 4
+    stop = free.text[2:4]
+    [stopped] = generate(mogu, [PROMPTS[1]], DecodingConfig(max_new_tokens=20, stop=[stop]))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[: free.text.find(stop)]
+    streamed = "".join(mogu.stream(PROMPTS[1], DecodingConfig(max_new_tokens=20, stop=[stop])))
+    assert streamed == stopped.text
+
+
+def test_gates_per_routed_token_and_layer(mogu):
+    results = generate(mogu, PROMPTS, GREEDY.model_copy(update={"return_gates": True, "routed_tokens": 4}))
+    for r in results:
+        assert r.gates.shape == (r.routed_tokens, len(mogu.layers), 2)
+        assert ((r.gates > 0) & (r.gates < 1)).all()
+    assert generate(mogu, PROMPTS[:1], GREEDY)[0].gates is None
+
+
+def test_chat_history_is_formatted_with_the_template(mogu):
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bake bread?"}]
+    [result] = generate(mogu, [chat], GREEDY)
+    assert result.prompt_tokens > generate(mogu, ["Bake bread?"], GREEDY)[0].prompt_tokens
+
+
+def test_bad_inputs_get_clear_errors(mogu):
+    with pytest.raises(ChatTemplateError, match="empty prompt"):
+        generate(mogu, ["  "], GREEDY)
+    with pytest.raises(GenerationError, match="no prompts"):
+        generate(mogu, [], GREEDY)
+    with pytest.raises(GenerationError, match="exceeds the model's context"):
+        generate(mogu, ["bread " * 5000], GREEDY)
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"max_new_tokens": 0}, {"stop": [""]}):
+        with pytest.raises(ValidationError):
+            DecodingConfig(**bad)
