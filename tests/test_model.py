@@ -11,7 +11,7 @@ from mogu.config import RouterConfig
 from mogu.model import MoGUModel
 from mogu.model.layer import MoGULayer
 
-from helpers import batch, randomize
+from tests.helpers import batch, randomize
 
 
 def logits(model, inputs) -> torch.Tensor:

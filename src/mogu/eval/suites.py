@@ -78,6 +78,7 @@ class Suite:
 
 @dataclass(frozen=True)
 class _Row:
+    number: int  # 1-based row, line or item number in the file
     where: str  # location prefix for messages, e.g. "data.csv: row 3" or "data.jsonl:7"
     fields: dict[str, Any]
 
@@ -112,7 +113,7 @@ def _read_csv(path: Path) -> list[_Row]:
             where = f"{path}: row {n}"
             if None in record:
                 raise SuiteError(f"{where}: more fields than the {len(reader.fieldnames or [])} columns of the header")
-            rows.append(_Row(where, record))
+            rows.append(_Row(n, where, record))
     return rows
 
 
@@ -129,7 +130,7 @@ def _read_jsonl(path: Path) -> list[_Row]:
                 raise SuiteError(f"{where}: invalid JSON: {err}") from err
             if not isinstance(record, dict):
                 raise SuiteError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            rows.append(_Row(where, record))
+            rows.append(_Row(n, where, record))
     return rows
 
 
@@ -152,7 +153,7 @@ def _read_json(path: Path) -> list[_Row]:
         where = f"{path}: item {n}"
         if not isinstance(record, dict):
             raise SuiteError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        rows.append(_Row(where, record))
+        rows.append(_Row(n, where, record))
     return rows
 
 
@@ -207,10 +208,10 @@ def _text_column(path: Path, columns: list[str], column: str | None) -> str:
 
 def _sample(n: int, limit: int | None, seed: int) -> list[int]:
     """Indices of a seeded random sample of ``limit`` of ``n`` rows, in file order."""
+    if limit is not None and limit < 1:
+        raise SuiteError(f"limit must be at least 1, got {limit}")
     if limit is None or limit >= n:
         return list(range(n))
-    if limit < 1:
-        raise SuiteError(f"limit must be at least 1, got {limit}")
     return sorted(random.Random(seed).sample(range(n), limit))
 
 
@@ -239,7 +240,7 @@ def load_suite(
 
     prompts: list[Prompt] = []
     first_row: dict[str, str] = {}
-    for n, row in enumerate(rows, start=1):
+    for row in rows:
         text = row.fields.get(text_column)
         if text is None:
             raise SuiteError(f"{row.where}: column {text_column!r} is missing")
@@ -247,7 +248,8 @@ def load_suite(
             raise SuiteError(f"{row.where}: column {text_column!r} is not a string: {text!r}")
         if not text.strip():
             raise SuiteError(f"{row.where}: column {text_column!r} is empty")
-        prompt_id = _as_str(row.fields[id_column]) if id_column and row.fields.get(id_column) is not None else str(n)
+        has_id = id_column is not None and row.fields.get(id_column) is not None
+        prompt_id = _as_str(row.fields[id_column]) if has_id else str(row.number)
         if prompt_id in first_row:
             raise SuiteError(f"{row.where}: duplicate id {prompt_id!r} (first at {first_row[prompt_id]})")
         first_row[prompt_id] = row.where
@@ -268,7 +270,7 @@ def parse_suite_spec(spec: str, kind: str) -> SuiteSpec:
     """
     kind = _check_kind(kind)
     parts = re.split(rf":({'|'.join(SPEC_KEYS)})=", spec)
-    path, pairs = parts[0], list(zip(parts[1::2], parts[2::2]))
+    path, pairs = parts[0], list(zip(parts[1::2], parts[2::2], strict=True))
     if not path:
         raise SuiteError(f"suite spec {spec!r}: no path")
     options: dict[str, str] = {}

@@ -175,6 +175,13 @@ class MoGUModel(nn.Module):
         model.load_router(path / ROUTER_NAME)
         return model
 
+    @classmethod
+    def load(cls, target: str | Path, **kwargs) -> MoGUModel:
+        """A bundle folder (holding ``mogu_config.json``) or, otherwise, a fresh MoGU model on a base model."""
+        if (Path(target) / CONFIG_NAME).is_file():
+            return cls.from_pretrained(target, **kwargs)
+        return cls.from_base(str(target), **kwargs)
+
     # -------------------------------------------------------------- running
     def forward(self, *args, **kwargs):
         return self.base_model(*args, **kwargs)

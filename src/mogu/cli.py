@@ -1,0 +1,189 @@
+"""The ``mogu`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mogu import __version__
+
+app = typer.Typer(help="MoGU: make an open chat LLM refuse malicious requests without refusing benign ones.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+log = logging.getLogger("mogu")
+
+Target = Annotated[str, typer.Argument(help="a MoGU bundle folder, or a base model: 'default', a model folder, a .gguf file or a hub id")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _load(target: str, chat_template: Optional[Path] = None):
+    from mogu.model import MoGUModel
+
+    model = MoGUModel.load(target)
+    if chat_template is not None:
+        model.config.chat_template = chat_template.read_text(encoding="utf-8")
+    return model
+
+
+@app.command()
+def info(target: Target) -> None:
+    """Architecture, routed projections and parameter counts of a bundle or a base model."""
+    from mogu.config import RouterConfig
+    from mogu.model.router import Router
+
+    try:
+        model = _load(target)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _fail(err) from err
+    cfg = model.config
+    typer.echo(f"base model     {cfg.base.source} ({cfg.base.architecture}, model_type {cfg.base.model_type})")
+    typer.echo(f"fingerprint    {cfg.base.fingerprint[:16]}")
+    typer.echo(f"routed layers  {len(cfg.layers)}: {cfg.target_modules[0]} ... {cfg.target_modules[-1]}")
+    typer.echo(f"experts        r {cfg.expert.r}, alpha {cfg.expert.alpha:g}, dropout {cfg.expert.dropout:g}")
+    typer.echo(f"routed tokens  {cfg.routed_tokens} (hand-over: {cfg.handover})")
+    counts = model.parameter_counts()
+    typer.echo(f"{'router shape':<14} {'base':>13} {'glad':>10} {'unwill':>10} {'routers':>12}")
+    shapes = [cfg.router.shape] if (Path(target) / "mogu_config.json").is_file() else ["paper", "linear"]
+    for shape in shapes:
+        routers = sum(
+            p.numel() for layer in model.layers for p in Router(layer.in_features, RouterConfig(shape=shape)).parameters()
+        )
+        typer.echo(f"{shape:<14} {counts['base']:>13,} {counts['expert_glad']:>10,} {counts['expert_unwill']:>10,} "
+                   f"{routers:>12,}")
+
+
+def _decoding(**kwargs):
+    from pydantic import ValidationError
+
+    from mogu.config import DecodingConfig
+
+    try:
+        return DecodingConfig(**{k: v for k, v in kwargs.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise _fail(ValueError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")) from err
+
+
+MaxNew = Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate at most")]
+Temperature = Annotated[float, typer.Option(help="0 = greedy")]
+TopP = Annotated[float, typer.Option("--top-p")]
+TopK = Annotated[int, typer.Option("--top-k", help="0 = off")]
+Seed = Annotated[Optional[int], typer.Option(help="seed for sampling")]
+Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="stop string (repeatable)")]
+Routed = Annotated[Optional[int], typer.Option("--routed-tokens", help="tokens decoded with routing (default: the bundle's)")]
+Handover = Annotated[Optional[str], typer.Option(help="cached | faithful (default: the bundle's)")]
+Mode = Annotated[str, typer.Option(help="mogu, or an ablation: base | glad | unwill | fixed")]
+Template = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file for models without one")]
+
+
+@app.command()
+def generate(
+    target: Target,
+    prompts: Annotated[Optional[list[str]], typer.Argument(help="prompts to answer")] = None,
+    input: Annotated[Optional[Path], typer.Option(help="JSONL file: one {'id', 'prompt' | 'messages'} per line")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="JSONL answers; an existing file is resumed")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_new_tokens: MaxNew = 256,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    top_k: TopK = 0,
+    seed: Seed = None,
+    stop: Stop = None,
+    routed_tokens: Routed = None,
+    handover: Handover = None,
+    mode: Mode = "mogu",
+    show_gates: Annotated[bool, typer.Option(help="include the router weights of the routed tokens")] = False,
+    chat_template: Template = None,
+) -> None:
+    """Answer prompts given on the command line or in a JSONL file."""
+    from mogu.cli_io import answer_file, gate_summary
+
+    if bool(prompts) == bool(input):
+        raise _fail(ValueError("give prompts as arguments or --input FILE (not both)"))
+    decoding = _decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                         stop=stop or [], routed_tokens=routed_tokens, handover=handover, mode=mode,
+                         return_gates=show_gates)
+    try:
+        model = _load(target, chat_template)
+        if input is not None:
+            written = answer_file(model, input, output, decoding, batch_size)
+            log.info("wrote %d answers to %s", written, output or "stdout")
+            return
+        for start in range(0, len(prompts), batch_size):
+            for result in model.generate(prompts[start : start + batch_size], decoding):
+                typer.echo(result.text)
+                if show_gates and result.gates is not None:
+                    typer.echo(gate_summary(result.gates))
+                typer.echo("")
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _fail(err) from err
+
+
+@app.command()
+def chat(
+    target: Target,
+    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    show_gates: Annotated[bool, typer.Option(help="print the mean glad/unwilling weight of each routed token")] = False,
+    max_new_tokens: MaxNew = 256,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    top_k: TopK = 0,
+    seed: Seed = None,
+    chat_template: Template = None,
+) -> None:
+    """Interactive multi-turn chat that streams the answer (empty line or Ctrl-D ends)."""
+    from mogu.cli_io import gate_summary
+
+    decoding = _decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    try:
+        model = _load(target, chat_template)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _fail(err) from err
+    history = [{"role": "system", "content": system}] if system else []
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        history.append({"role": "user", "content": line})
+        if show_gates:
+            [result] = model.generate([history], decoding.model_copy(update={"return_gates": True}),
+                                      on_text=lambda _row, delta: typer.echo(delta, nl=False))
+            answer = result.text
+            typer.echo("")
+            if result.gates is not None:
+                typer.echo(gate_summary(result.gates))
+        else:
+            answer = ""
+            for piece in model.stream(history, decoding):
+                answer += piece
+                typer.echo(piece, nl=False)
+            typer.echo("")
+        history.append({"role": "assistant", "content": answer})
+

@@ -1,0 +1,115 @@
+"""Bad inputs when loading models and bundles get clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from mogu.model import BundleError, ModelLoadError, MoGUModel, TargetNotFoundError
+from tests.conftest import build_model
+from tests.helpers import randomize
+
+
+@pytest.fixture
+def bundle(llama_dir, tmp_path):
+    path = tmp_path / "bundle"
+    randomize(MoGUModel.from_base(str(llama_dir))).save_pretrained(path)
+    return path
+
+
+def test_missing_adapter_file(bundle):
+    (bundle / "glad" / "adapter_model.safetensors").unlink()
+    with pytest.raises(BundleError, match=r"missing file glad/adapter_model\.safetensors"):
+        MoGUModel.from_pretrained(bundle)
+
+
+def test_missing_adapter_file_without_checksums(bundle):
+    (bundle / "unwill" / "adapter_model.safetensors").unlink()
+    payload = json.loads((bundle / "mogu_config.json").read_text())
+    payload.pop("files")
+    (bundle / "mogu_config.json").write_text(json.dumps(payload))
+    with pytest.raises(BundleError, match="adapter_model.safetensors"):
+        MoGUModel.from_pretrained(bundle)
+
+
+def test_corrupted_safetensors(bundle):
+    router = bundle / "router.safetensors"
+    router.write_bytes(router.read_bytes()[:100])
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        MoGUModel.from_pretrained(bundle)
+    payload = json.loads((bundle / "mogu_config.json").read_text())
+    payload.pop("files")
+    (bundle / "mogu_config.json").write_text(json.dumps(payload))
+    with pytest.raises(BundleError, match="router.safetensors"):
+        MoGUModel.from_pretrained(bundle)
+
+
+def test_wrong_base_model(bundle, tiny_tokenizer, tmp_path):
+    other = tmp_path / "other-llama"
+    build_model("llama", len(tiny_tokenizer), seed=99).save_pretrained(other)
+    tiny_tokenizer.save_pretrained(other)
+    with pytest.raises(BundleError, match="a different model"):
+        MoGUModel.from_pretrained(bundle, base=str(other))
+
+
+def test_bad_config_names_the_field(bundle):
+    payload = json.loads((bundle / "mogu_config.json").read_text())
+    payload["config"]["expert"]["r"] = "eight"
+    payload.pop("files")
+    (bundle / "mogu_config.json").write_text(json.dumps(payload))
+    with pytest.raises(BundleError, match=r"field 'config\.expert\.r'"):
+        MoGUModel.from_pretrained(bundle)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not a MoGU bundle"):
+        MoGUModel.from_pretrained(tmp_path)
+
+
+def test_unknown_architecture_with_no_target(tmp_path, tiny_tokenizer):
+    """A model whose decoder layers hold no known attention output projection."""
+    model = build_model("llama", len(tiny_tokenizer))
+    for layer in model.model.layers:
+        layer.self_attn.out = layer.self_attn.o_proj
+        del layer.self_attn.o_proj
+    with pytest.raises(TargetNotFoundError, match="o_proj"):
+        MoGUModel.wrap(model, tiny_tokenizer, None)
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="model folder not found"):
+        MoGUModel.from_base(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        MoGUModel.from_base(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        MoGUModel.from_base(str(tmp_path / "x.gguf"))
+
+
+def test_a_crash_while_saving_keeps_the_old_bundle(bundle, llama_dir, monkeypatch):
+    before = {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    model = randomize(MoGUModel.from_base(str(llama_dir)), seed=5)
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mogu.model.bundle.save_file", explode)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_pretrained(bundle)
+    assert {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+    assert [p.name for p in bundle.parent.iterdir()] == ["bundle"]
+    MoGUModel.from_pretrained(bundle)
+
+
+def test_expert_is_an_ordinary_peft_adapter(bundle, llama_dir, tiny_tokenizer):
+    from peft import PeftModel
+
+    model = MoGUModel.from_pretrained(bundle)
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_dir), bundle / "glad").eval()
+    ids = tiny_tokenizer(["Sure, here is a poem"], return_tensors="pt")
+    with torch.no_grad(), model.mode("glad"):
+        assert torch.allclose(model(**ids).logits, peft(**ids).logits, atol=1e-5)
+    shutil.rmtree(bundle)

@@ -1,0 +1,73 @@
+"""The command line, called as a user would (typer's runner on the real app)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mogu.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, list(args), input=input)
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("info", "generate", "chat"):
+        assert command in result.output
+
+
+def test_info_reports_targets_and_parameter_counts(llama_dir):
+    result = invoke("info", str(llama_dir))
+    assert result.exit_code == 0, result.output
+    assert "model.layers.0.self_attn.o_proj" in result.output
+    assert "paper" in result.output and "linear" in result.output
+
+
+def test_info_on_a_missing_model_fails_cleanly(tmp_path):
+    result = invoke("info", str(tmp_path / "missing"))
+    assert result.exit_code == 2
+    assert "model folder not found" in result.output
+
+
+def test_generate_prompts(llama_dir):
+    result = invoke("generate", str(llama_dir), "Hello", "How do I bake bread?", "--max-new-tokens", "5", "--show-gates")
+    assert result.exit_code == 0, result.output
+    assert "router weights" in result.output
+
+
+def test_generate_rejects_bad_sampling_values(llama_dir):
+    result = invoke("generate", str(llama_dir), "Hello", "--top-p", "0")
+    assert result.exit_code == 2
+    assert "--top-p" in result.output
+
+
+def test_generate_file_resumes(llama_dir, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"Question {i}?"}) for i in range(5)) + "\n")
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"id": "p1", "response": "kept"}) + "\n" + '{"id": "p2", "resp')  # torn last line
+    result = invoke("generate", str(llama_dir), "--input", str(source), "--output", str(out), "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == ["p0", "p1", "p2", "p3", "p4"]
+    assert next(r for r in records if r["id"] == "p1")["response"] == "kept"
+
+
+def test_generate_file_errors_name_file_line_and_field(llama_dir, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a", "prompt": "fine"}\n{"id": "b", "prompt": 3}\n')
+    result = invoke("generate", str(llama_dir), "--input", str(source))
+    assert result.exit_code == 2
+    assert f"{source}:2: field 'prompt' must be str" in result.output
+
+
+def test_chat_streams_turns(llama_dir):
+    result = invoke("chat", str(llama_dir), "--max-new-tokens", "4", "--show-gates", input="Hi\nAnd again?\n\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("router weights") == 2
