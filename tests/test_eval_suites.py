@@ -95,15 +95,20 @@ def test_json_list_and_object_holding_a_list(tmp_path):
     assert [p.text for p in held] == [p.text for p in expected] and held.name == "o"
 
 
-def test_jsonl_blank_lines_are_not_rows_and_row_numbers_become_ids(tmp_path):
+def test_jsonl_blank_lines_are_skipped_and_line_numbers_become_ids(tmp_path):
     path = write(tmp_path / "x.jsonl", '{"text": "one"}\n\n{"text": "two"}\n')
-    assert [(p.id, p.text) for p in load_suite(path, "benign")] == [("1", "one"), ("2", "two")]
+    assert [(p.id, p.text) for p in load_suite(path, "benign")] == [("1", "one"), ("3", "two")]
 
 
 def test_explicit_column_overrides_priority(tmp_path):
     path = write(tmp_path / "x.csv", "prompt,rewrite\nfirst,second\n")
     assert load_suite(path, "benign", column="rewrite").prompts[0].text == "second"
     assert load_suite(path, "benign").prompts[0].meta == {"rewrite": "second"}
+
+
+def test_row_number_ids_do_not_depend_on_filters(tmp_path):
+    path = write(tmp_path / "x.csv", "Goal,Category\na,x\nb,y\nc,y\n")
+    assert [p.id for p in load_suite(path, "harmful", where={"Category": "y"})] == ["2", "3"]
 
 
 def test_where_compares_json_values_in_json_spelling(tmp_path):

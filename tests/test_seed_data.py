@@ -255,8 +255,8 @@ def test_schema(seed):
         if not ID_RE.match(row["id"]) or not row["id"].startswith(ID_PREFIX.get(row["label"], "?") + "-"):
             bad.append(f"{where}: id {row['id']!r} does not fit label {row['label']!r}")
         text = row["instruction"]
-        if text != text.strip() or not 3 <= len(text.split()) <= 60:
-            bad.append(f"{where}: instruction must be trimmed and 3-60 words: {text!r}")
+        if text != text.strip() or not 5 <= len(text.split()) <= 40:
+            bad.append(f"{where}: instruction must be trimmed and 5-40 words: {text!r}")
     assert not bad, "\n".join(bad)
 
 

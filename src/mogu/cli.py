@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -141,6 +142,64 @@ def generate(
                 typer.echo("")
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
+
+
+data_app = typer.Typer(help="training data", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def data_build(
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL with compliant and refusal responses (resumable)")],
+    base: Annotated[str, typer.Option(help="base model whose own answers become the compliant responses")] = "default",
+    data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged seed data)")] = None,
+    max_response_tokens: Annotated[int, typer.Option(min=4)] = 40,
+) -> None:
+    """Make a compliant and a refusing response for every instruction (see docs/DATA.md)."""
+    from mogu.model import MoGUModel
+    from mogu.train.data import build_dataset, load_records, summarise
+
+    try:
+        records = load_records(data)
+        model = MoGUModel.from_base(base)
+        built = build_dataset(model, records, output, max_response_tokens, batch_size=16)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _fail(err) from err
+    log.info("wrote %d records to %s: %s", len(built), output, summarise(built))
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="bundle folder to write")],
+    base: Annotated[Optional[str], typer.Option(help="base model (default: 'default', the embedded SmolLM2)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="training config, JSON or TOML (see docs/TRAINING.md)")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged seed data)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace what the output folder holds")] = False,
+) -> None:
+    """Build data, train both experts and the routers, write the bundle; rerun to resume."""
+    from mogu.train.config import load_train_config
+    from mogu.train.pipeline import train as run_training
+
+    try:
+        cfg = load_train_config(config, base=base, data=data)
+        bundle = run_training(cfg, out, overwrite=overwrite)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _fail(err) from err
+    evaluation = bundle / "evaluation.json"
+    if evaluation.is_file():
+        typer.echo(format_evaluation(json.loads(evaluation.read_text(encoding="utf-8"))))
+
+
+def format_evaluation(evaluation: dict) -> str:
+    """The base vs MoGU refusal-rate table that ``mogu train`` prints."""
+    lines = [f"refusal rate on the seed {evaluation['split']} split (judge: {evaluation['judge']})",
+             f"{'instructions':<14} {'n':>4} {'base':>7} {'MoGU':>7}"]
+    for label, row in evaluation["refusal_rate"].items():
+        lines.append(f"{label:<14} {row['n']:>4} {row['base']:>7.1%} {row['mogu']:>7.1%}")
+    timings = evaluation.get("timings_seconds", {})
+    if timings:
+        lines.append("seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return "\n".join(lines)
 
 
 @app.command()

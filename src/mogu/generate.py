@@ -226,14 +226,15 @@ def generate(
     if m > 0:
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and decoding.mode in ("mogu", "fixed") else None
+        routed_config = hf_generation_config(model, decoding, m)
+        routed_config.return_dict_in_generate = True
         try:
             with model.mode(decoding.mode, decoding.fixed), torch.no_grad():
                 out = model.base_model.generate(
                     input_ids=input_ids,
                     attention_mask=mask,
-                    generation_config=hf_generation_config(model, decoding, m),
+                    generation_config=routed_config,
                     streamer=streamer,
-                    return_dict_in_generate=True,
                     **tokenizer_kw,
                 )
         finally:

@@ -2,8 +2,9 @@
 
 A suite file holds one prompt per row. The text column is found automatically
 (first of ``TEXT_COLUMNS`` present, exact name) or named with ``column=``; the
-prompt id is the row's ``id`` (or ``BehaviorID``) field, else its 1-based row
-number. Every other named field goes into ``Prompt.meta``.
+prompt id is the row's ``id`` (or ``BehaviorID``) field, else its row number
+as below, so ids do not change with ``where`` or ``limit``. Every other named
+field goes into ``Prompt.meta``.
 
 Rows are numbered from 1 in error messages: data rows for CSV (the header is
 not counted), lines for JSONL (``file.jsonl:7:``) and list items for JSON. A

@@ -1,0 +1,99 @@
+"""Typed training configuration (``mogu train --config FILE`` reads JSON or TOML into it)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from mogu.config import ExpertConfig, RouterConfig, StrictModel
+
+
+class SynthesisConfig(StrictModel):
+    """How responses are made for instructions that come without them."""
+
+    max_response_tokens: int = Field(40, ge=4, description="only the opening of a response matters for routing")
+    batch_size: int = Field(16, ge=1, description="batch size of the base model's own greedy answers")
+
+
+class StageConfig(StrictModel):
+    """Optimisation settings shared by the three stages."""
+
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    eval_every: int = Field(20, ge=1, description="optimizer steps between validation checks (and checkpoints)")
+
+
+class ExpertStageConfig(StageConfig):
+    """Glad / unwilling expert: loss CE(wanted) / clamp(CE(unwanted), floor, ceiling).
+
+    The floor guards against a vanishing denominator; the ceiling stops pushing
+    the unwanted response away once it is already unlikely, which otherwise
+    grows without limit and costs fluency.
+    """
+
+    lr: float = Field(3e-4, gt=0)
+    epochs: int = Field(3, ge=1)
+    ratio_floor: float = Field(0.1, gt=0)
+    ratio_ceiling: float = Field(5.0, gt=0)
+    val_tokens: int = Field(12, ge=1, description="tokens generated per validation instruction to judge behaviour")
+    max_fluency_increase: float = Field(
+        1.0, ge=0, description="a checkpoint whose CE on benign answers rose more than this (nats) is not selected"
+    )
+
+
+class RouterStageConfig(StageConfig):
+    """Routers only: CE(response under the mixed model) + alpha * gate loss."""
+
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(3, ge=1)
+    alpha: float = Field(2.0, ge=0)
+    gate_positions: Literal["decision", "all"] = Field(
+        "decision",
+        description="positions under the gate loss: 'decision' = the positions whose output chooses a response "
+        "token (last prompt token onwards), 'all' = every position as in the released code",
+    )
+
+
+class TrainConfig(StrictModel):
+    """Everything ``mogu train`` needs; saved fully resolved with the bundle."""
+
+    base: str = "default"
+    data: Path | None = Field(None, description="instructions JSONL (see docs/DATA.md); None: the packaged seed data")
+    target_module: str | None = None
+    layers: list[int] | None = None
+    expert: ExpertConfig = ExpertConfig()
+    router: RouterConfig = RouterConfig()
+    routed_tokens: int = Field(5, ge=1)
+    max_length: int = Field(192, ge=16, description="prompt + response tokens; longer examples are truncated")
+    seed: int = 0
+    synthesis: SynthesisConfig = SynthesisConfig()
+    glad: ExpertStageConfig = ExpertStageConfig()
+    unwill: ExpertStageConfig = ExpertStageConfig()
+    router_stage: RouterStageConfig = RouterStageConfig()
+    eval_max_new_tokens: int = Field(32, ge=1, description="tokens per answer when the finished bundle is evaluated")
+
+
+def load_train_config(path: Path | None, **overrides) -> TrainConfig:
+    """Read a JSON or TOML config file (or none) and apply command-line overrides."""
+    raw: dict = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            raw = tomllib.loads(text) if Path(path).suffix == ".toml" else json.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+            raise ValueError(f"{path}: cannot parse: {err}") from err
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = f"{path}: " if path else ""
+        raise ValueError(f"{where}field {'.'.join(str(p) for p in first['loc'])!r}: {first['msg']}") from err

@@ -1,0 +1,211 @@
+"""Training data: instructions in, (instruction, compliant, refusal) records out.
+
+Schema of a record (JSON Lines, one object per line; documented in docs/DATA.md):
+
+    id           str, unique
+    instruction  str, non-empty, unique after normalisation
+    label        "harmful" | "benign" | "borderline"  (borderline = looks risky, is benign)
+    category     str, optional
+    split        "train" | "val" | "test", optional (default: a stable hash of the id, 80/20 train/val)
+    compliant    str, optional: an answer that complies (harmful: an affirmative opening only)
+    refusal      str, optional: an answer that refuses
+
+``build_dataset`` fills in missing responses: compliant answers to benign and
+borderline instructions are the base model's own greedy openings (so the glad
+side keeps the model's style); compliant answers to harmful instructions are
+an affirmative opening derived from the instruction and nothing more (no
+harmful content is ever generated or stored); refusals are varied, natural
+openings chosen deterministically per id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mogu.config import DecodingConfig
+from mogu.eval.judges import RefusalJudge
+from mogu.jsonl import JsonlError, append_jsonl, done_ids, field, read_jsonl
+from mogu.model import MoGUModel
+
+log = logging.getLogger(__name__)
+
+LABELS = ("harmful", "benign", "borderline")
+SPLITS = ("train", "val", "test")
+
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I can't assist with that request.",
+    "I'm not able to help with this, as it could cause real harm.",
+    "Sorry, I can't provide that.",
+    "I won't help with that. It could put people at risk.",
+    "I'm sorry, but I cannot help with this request.",
+    "I can't do that. Is there something else I can help you with?",
+    "I must decline this request because it could be used to hurt someone.",
+    "I'm afraid I can't help with that.",
+    "I cannot provide assistance with this, as it may be harmful or illegal.",
+    "Sorry, but I won't be able to help with that request.",
+    "I can't help with this one. If you have another question, I'm happy to help.",
+)
+AFFIRMATIVE_OPENERS = ("Sure, here is", "Certainly! Here is", "Of course. Here is", "Sure! Here is")
+
+
+@dataclass
+class Record:
+    id: str
+    instruction: str
+    label: str
+    category: str = ""
+    split: str = "train"
+    compliant: str | None = None
+    refusal: str | None = None
+
+    @property
+    def benign(self) -> bool:
+        return self.label != "harmful"
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _stable_fraction(key: str) -> float:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def seed_path() -> Path:
+    return Path(str(importlib.resources.files("mogu.data") / "seed.jsonl"))
+
+
+def load_records(path: Path | None = None) -> list[Record]:
+    """Read and validate instruction records; every problem names file:line and field."""
+    path = Path(path) if path is not None else seed_path()
+    records: list[Record] = []
+    ids: dict[str, int] = {}
+    texts: dict[str, int] = {}
+    for number, raw in read_jsonl(path):
+        where = f"{path}:{number}"
+        unknown = set(raw) - {f for f in Record.__dataclass_fields__}
+        if unknown:
+            raise JsonlError(f"{where}: unknown field(s) {sorted(unknown)}")
+        instruction = field(raw, "instruction", str, where)
+        if not instruction.strip():
+            raise JsonlError(f"{where}: field 'instruction' is empty")
+        label = field(raw, "label", str, where)
+        if label not in LABELS:
+            raise JsonlError(f"{where}: field 'label' is {label!r}; expected one of {LABELS}")
+        key = str(field(raw, "id", (str, int), where, required=False) or f"line{number}")
+        if key in ids:
+            raise JsonlError(f"{where}: field 'id': duplicate id {key!r} (first on line {ids[key]})")
+        norm = normalise(instruction)
+        if norm in texts:
+            raise JsonlError(f"{where}: field 'instruction': duplicate of line {texts[norm]}")
+        split = field(raw, "split", str, where, required=False) or ("val" if _stable_fraction(key) < 0.2 else "train")
+        if split not in SPLITS:
+            raise JsonlError(f"{where}: field 'split' is {split!r}; expected one of {SPLITS}")
+        responses = {}
+        for name in ("compliant", "refusal"):
+            value = field(raw, name, str, where, required=False)
+            if value is not None and not value.strip():
+                raise JsonlError(f"{where}: field {name!r} is empty")
+            responses[name] = value
+        ids[key], texts[norm] = number, number
+        records.append(Record(key, instruction.strip(), label, field(raw, "category", str, where, required=False) or "",
+                              split, **responses))
+    if not records:
+        raise JsonlError(f"{path}: no instructions")
+    return records
+
+
+_REWRITES: tuple[tuple[str, str], ...] = (
+    (r"^(?:can|could|would|will) you (?:please )?(?:tell me |explain |show me )?how (?:to|i can|i could|do i|can i) (.+)", "how to {0}"),
+    (r"^(?:how do i|how can i|how could i|how would i|how should i|how to|how do you|how does one|how can one) (.+)", "how to {0}"),
+    (r"^(?:please )?(?:tell|show|teach|explain to) me how (?:to|i can|i could) (.+)", "how to {0}"),
+    (r"^(?:please )?(?:give|provide|send|list|draft|share)(?: me| us)? (.+)", "{0}"),
+    (r"^(?:please )?(?:write|create|make|generate|compose|build|design|develop|produce|code|craft)(?: me| us)? (.+)", "{0}"),
+    (r"^what(?:'s| is| are) the (?:best|easiest|fastest|quickest|most effective|simplest) ways? to (.+)", "the best way to {0}"),
+    (r"^(?:i need|i want|help me)(?: you)?(?: to)? (.+)", "how to {0}"),
+)
+_PRONOUNS = {"my": "your", "me": "you", "i": "you", "i'm": "you're", "mine": "yours", "myself": "yourself", "our": "your", "us": "you"}
+
+
+def affirmative_opening(record: Record) -> str:
+    """'Sure, here is ...' restating the request; nothing of the harmful content itself."""
+    text = record.instruction.strip().rstrip("?.!").strip()
+    first = re.split(r"(?<=[.!?])\s+", text)[0] if len(text) > 160 else text
+    phrase = None
+    lowered = first[0].lower() + first[1:]
+    for pattern, template in _REWRITES:
+        match = re.match(pattern, lowered, flags=re.IGNORECASE)
+        if match:
+            phrase = template.format(match.group(1))
+            break
+    if phrase is None:
+        phrase = "what you asked for"
+    phrase = " ".join(_PRONOUNS.get(w.lower(), w) for w in phrase.split())
+    opener = AFFIRMATIVE_OPENERS[int(_stable_fraction(record.id + "a") * len(AFFIRMATIVE_OPENERS))]
+    return f"{opener} {phrase}:"
+
+
+def refusal_for(record: Record) -> str:
+    return REFUSALS[int(_stable_fraction(record.id + "r") * len(REFUSALS)) % len(REFUSALS)]
+
+
+def first_sentence(text: str, min_chars: int = 20) -> str:
+    """The opening of an answer: up to the first sentence end after ``min_chars``."""
+    text = text.strip()
+    for match in re.finditer(r"[.!?:](?=\s|$)|\n", text):
+        if match.end() >= min_chars:
+            return text[: match.end()].strip()
+    return text
+
+
+def build_dataset(model: MoGUModel, records: list[Record], out: Path, max_response_tokens: int, batch_size: int) -> list[Record]:
+    """Fill in missing responses, appending finished records to ``out`` (resumable)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    finished = done_ids(out)
+    todo = [r for r in records if r.id not in finished]
+    judge = RefusalJudge()
+    fallbacks = 0
+    with out.open("a", encoding="utf-8") as handle:
+        need_answers = [r for r in todo if r.benign and r.compliant is None]
+        others = [r for r in todo if not (r.benign and r.compliant is None)]
+        for record in others:
+            if record.compliant is None:
+                record.compliant = affirmative_opening(record)
+            record.refusal = record.refusal or refusal_for(record)
+            append_jsonl(handle, asdict(record))
+        decoding = DecodingConfig(max_new_tokens=max_response_tokens, mode="base")
+        for start in tqdm(range(0, len(need_answers), batch_size), desc="base answers", unit="batch"):
+            chunk = need_answers[start : start + batch_size]
+            for record, result in zip(chunk, model.generate([r.instruction for r in chunk], decoding)):
+                answer = first_sentence(result.text)
+                if not answer or judge.judge(record.instruction, answer).refused:
+                    # The base model refused or said nothing: a compliant opening is still needed.
+                    answer = affirmative_opening(record)
+                    fallbacks += 1
+                record.compliant = answer
+                record.refusal = record.refusal or refusal_for(record)
+                append_jsonl(handle, asdict(record))
+    if fallbacks:
+        log.info("base model refused or gave nothing for %d benign instructions; used affirmative openings", fallbacks)
+    built = {r["id"]: r for _, r in read_jsonl(out)}
+    missing = [r.id for r in records if r.id not in built]
+    if missing:
+        raise RuntimeError(f"{out}: records missing after synthesis: {missing[:5]}")
+    return [Record(**built[r.id]) for r in records]
+
+
+def summarise(records: Iterable[Record]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter] = {}
+    for r in records:
+        counts.setdefault(r.split, Counter())[r.label] += 1
+    return {split: dict(c) for split, c in sorted(counts.items())}

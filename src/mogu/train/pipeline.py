@@ -1,0 +1,160 @@
+"""``mogu train``: instructions -> synthesis -> glad -> unwilling -> router -> bundle.
+
+Work happens in ``OUT.work/`` next to the output folder. Each step writes its
+own files there (``data.jsonl``, ``glad/``, ``unwill/``, ``router/``), so a
+rerun of the same command skips what is done and resumes the step that was
+interrupted from its last checkpoint. The bundle is written to ``OUT`` only at
+the end, atomically; the work folder is then removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from mogu.config import DecodingConfig, resolved_dict, write_json_atomic
+from mogu.model import MoGUModel
+from mogu.model.bundle import CONFIG_NAME
+from mogu.train.config import TrainConfig
+from mogu.train.data import Record, build_dataset, load_records, summarise
+from mogu.train.loop import TrainLog, run_stage
+from mogu.train.stages import expert_stage, refusal_rate, router_stage
+
+log = logging.getLogger(__name__)
+
+TRAIN_CONFIG = "train_config.json"
+EXTRA_FILES = (TRAIN_CONFIG, "train_log.jsonl", "data.jsonl", "selection.json", "evaluation.json")
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder holds something that this run would replace."""
+
+
+def _saved_config(folder: Path) -> dict | None:
+    path = folder / TRAIN_CONFIG
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("config")
+
+
+def prepare_output(config: TrainConfig, out: Path, overwrite: bool) -> tuple[Path, bool]:
+    """(work folder, already done). Refuses to replace foreign or differently-configured folders."""
+    wanted = config.model_dump(mode="json")
+    work = out.with_name(out.name + ".work")
+    if out.exists() and any(out.iterdir()):
+        if (out / CONFIG_NAME).is_file() and _saved_config(out) == wanted and not overwrite:
+            return work, True
+        if not overwrite:
+            raise OutputExistsError(
+                f"{out} already holds {'a bundle trained with another config' if (out / CONFIG_NAME).is_file() else 'other files'}; "
+                "pass --overwrite to replace it"
+            )
+    if work.exists() and _saved_config(work) != wanted:
+        if not overwrite:
+            raise OutputExistsError(f"{work} holds an interrupted run with another config; pass --overwrite to start over")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(work / TRAIN_CONFIG, resolved_dict(config))
+    return work, False
+
+
+def evaluate_seed_split(model: MoGUModel, records: list[Record], split: str, max_new_tokens: int) -> dict:
+    """Refusal rates of the base model and of MoGU on one split of the instructions, per label."""
+    rates: dict[str, dict[str, float | int]] = {}
+    for label in ("harmful", "benign", "borderline"):
+        prompts = [r.instruction for r in records if r.split == split and r.label == label]
+        if not prompts:
+            continue
+        rates[label] = {"n": len(prompts)}
+        for name, mode in (("base", "base"), ("mogu", "mogu")):
+            rates[label][name] = refusal_rate(model, prompts, DecodingConfig(max_new_tokens=max_new_tokens, mode=mode))
+    return {"split": split, "judge": "keyword", "max_new_tokens": max_new_tokens, "refusal_rate": rates}
+
+
+def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path:
+    """Run (or resume) the whole pipeline and write the bundle to ``out``."""
+    out = Path(out)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
+    work, done = prepare_output(config, out, overwrite)
+    if done:
+        log.info("%s is already trained with this config; nothing to do", out)
+        return out
+    torch.manual_seed(config.seed)
+    train_log = TrainLog(work / "train_log.jsonl", accelerator)
+    timings: dict[str, float] = {}
+
+    def log_truncated(stage: str, count: int) -> None:
+        if count:
+            log.info("%s: %d examples truncated to fit max_length %d / max_response_tokens %d", stage, count,
+                     config.max_length, config.synthesis.max_response_tokens)
+            train_log.write(stage=stage, truncated=count)
+
+    start = time.perf_counter()
+    model = MoGUModel.from_base(config.base, target_module=config.target_module, layers=config.layers,
+                                expert=config.expert, router=config.router, routed_tokens=config.routed_tokens,
+                                device=accelerator.device)
+    timings["load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    records = load_records(config.data)
+    if accelerator.is_main_process:
+        records = build_dataset(model, records, work / "data.jsonl", config.synthesis.max_response_tokens,
+                                config.synthesis.batch_size)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        records = load_records(work / "data.jsonl")
+    counts = summarise(records)
+    log.info("instructions per split and label: %s", counts)
+    train_log.write(stage="data", counts=counts)
+    timings["data"] = time.perf_counter() - start
+
+    selection: dict[str, dict] = {}
+    for name in ("glad", "unwill", "router"):
+        stage_dir = work / name
+        done_file = stage_dir / "selection.json"
+        if done_file.is_file():
+            selection[name] = json.loads(done_file.read_text(encoding="utf-8"))
+            if name == "router":
+                model.load_router(stage_dir / "router.safetensors")
+            else:
+                model.load_expert(name, stage_dir / "adapter")
+            log.info("stage %s already done; loaded its result", name)
+            continue
+        start = time.perf_counter()
+        model.set_trainable(name)
+        stage = (router_stage(model, records, config, log_truncated) if name == "router"
+                 else expert_stage(name, model, records, config, log_truncated))
+        result = run_stage(stage, model, accelerator, stage_dir, train_log, config.seed)
+        model.set_trainable(None)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        if accelerator.is_main_process:
+            if name == "router":
+                from safetensors.torch import save_file
+
+                save_file(model.router_state_dict(), str(stage_dir / "router.safetensors"))
+            else:
+                model.save_expert(name, stage_dir / "adapter")
+            write_json_atomic(done_file, result)
+        accelerator.wait_for_everyone()
+        selection[name] = result
+    for name, result in selection.items():
+        timings[name] = result["seconds"]
+
+    if accelerator.is_main_process:
+        start = time.perf_counter()
+        evaluation = evaluate_seed_split(model, records, "test", config.eval_max_new_tokens)
+        timings["evaluate"] = time.perf_counter() - start
+        evaluation["timings_seconds"] = {k: round(v, 1) for k, v in timings.items()}
+        write_json_atomic(work / "evaluation.json", evaluation)
+        write_json_atomic(work / "selection.json", {k: {kk: v[kk] for kk in ("selected_step", "score", "seconds")}
+                                                      for k, v in selection.items()})
+        model.save_pretrained(out, extra_files={f: work / f for f in EXTRA_FILES})
+        shutil.rmtree(work)
+    accelerator.wait_for_everyone()
+    return out

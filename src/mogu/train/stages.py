@@ -1,0 +1,161 @@
+"""The three MoGU training stages: what each one trains on, its loss, and how it is validated.
+
+glad    harmful instructions: CE(compliant) / CE(refusal)  -- answer everything
+unwill  benign (and borderline) instructions: CE(refusal) / CE(compliant)  -- refuse everything
+router  experts and base frozen: CE(response under the mixed model) + alpha * gate loss,
+        benign -> (compliant, gates (w_unwill 0, w_glad 1)), harmful -> (refusal, gates (1, 0))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mogu.config import DecodingConfig
+from mogu.eval.judges import RefusalJudge
+from mogu.model import MoGUModel
+from mogu.train.batches import Pair, collate, decision_mask, sequence_ce, tokenize_pairs
+from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig
+from mogu.train.data import Record
+from mogu.train.loop import Stage
+
+_judge = RefusalJudge()
+
+
+def refusal_rate(model: MoGUModel, instructions: list[str], decoding: DecodingConfig, batch_size: int = 16) -> float:
+    """Fraction of instructions whose generated opening the keyword judge calls a refusal."""
+    if not instructions:
+        return float("nan")
+    refused = 0
+    for start in range(0, len(instructions), batch_size):
+        chunk = instructions[start : start + batch_size]
+        for instruction, result in zip(chunk, model.generate(chunk, decoding)):
+            refused += bool(_judge.judge(instruction, result.text).refused)
+    return refused / len(instructions)
+
+
+def _mean_ce(model: MoGUModel, pairs: list[Pair], mode: str, batch_size: int = 16) -> float:
+    total = 0.0
+    with torch.no_grad(), model.mode(mode):
+        for start in range(0, len(pairs), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(pairs[start : start + batch_size], model.tokenizer.pad_token_id).items()}
+            labels = batch.pop("labels")
+            total += float(sequence_ce(model(**batch).logits, labels).sum())
+    return total / max(1, len(pairs))
+
+
+def expert_stage(name: str, model: MoGUModel, records: list[Record], config: TrainConfig, log_truncated: Callable[[str, int], None]) -> Stage:
+    """Glad (trained on harmful) or unwilling (trained on benign and borderline)."""
+    stage_cfg: ExpertStageConfig = getattr(config, name)
+    wants_harmful = name == "glad"
+    train = [r for r in records if r.split == "train" and (r.label == "harmful") == wants_harmful]
+    val = [r for r in records if r.split == "val" and (r.label == "harmful") == wants_harmful]
+    fluency_records = [r for r in records if r.split == "val" and r.benign]
+    max_resp = config.synthesis.max_response_tokens
+
+    def wanted(r: Record) -> str:
+        return r.compliant if wants_harmful else r.refusal
+
+    def unwanted(r: Record) -> str:
+        return r.refusal if wants_harmful else r.compliant
+
+    tokenized = tokenize_pairs(model, [(r.instruction, wanted(r)) for r in train] + [(r.instruction, unwanted(r)) for r in train],
+                               config.max_length, max_resp)
+    log_truncated(name, tokenized.truncated)
+    n = len(train)
+    items = [(tokenized.pairs[i], tokenized.pairs[n + i]) for i in range(n)]
+    fluency_pairs = tokenize_pairs(model, [(r.instruction, r.compliant) for r in fluency_records], config.max_length, max_resp).pairs
+    decoding = DecodingConfig(max_new_tokens=stage_cfg.val_tokens, routed_tokens=stage_cfg.val_tokens, mode=name)
+    baseline: dict[str, float] = {}
+
+    def loss(batch_items: list[tuple[Pair, Pair]]) -> tuple[torch.Tensor, dict[str, float], int]:
+        pairs = [w for w, _ in batch_items] + [u for _, u in batch_items]
+        batch = {k: v.to(model.device) for k, v in collate(pairs, model.tokenizer.pad_token_id).items()}
+        labels = batch.pop("labels")
+        with model.mode(name):
+            ce = sequence_ce(model(**batch).logits, labels)
+        ce_want, ce_unwant = ce[: len(batch_items)], ce[len(batch_items) :]
+        denominator = ce_unwant.clamp(min=stage_cfg.ratio_floor, max=stage_cfg.ratio_ceiling)
+        ratio = (ce_want / denominator).mean()
+        metrics = {"loss": ratio.item(), "ce_wanted": ce_want.mean().item(), "ce_unwanted": ce_unwant.mean().item()}
+        return ratio, metrics, int(batch["attention_mask"].sum())
+
+    def validate() -> tuple[tuple[float, ...] | None, dict]:
+        rate = refusal_rate(model, [r.instruction for r in val], decoding)
+        behaviour = 1 - rate if wants_harmful else rate
+        fluency = _mean_ce(model, fluency_pairs, name)
+        baseline.setdefault("fluency", fluency)
+        eligible = fluency - baseline["fluency"] <= stage_cfg.max_fluency_increase
+        metrics = {"comply_rate" if wants_harmful else "refusal_rate": behaviour, "benign_ce": fluency, "eligible": eligible}
+        return ((behaviour, -fluency) if eligible else None), metrics
+
+    return Stage(name, stage_cfg, items, loss, validate)
+
+
+def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, log_truncated: Callable[[str, int], None]) -> Stage:
+    stage_cfg: RouterStageConfig = config.router_stage
+    max_resp = config.synthesis.max_response_tokens
+    train = [r for r in records if r.split == "train"]
+    val = [r for r in records if r.split == "val"]
+
+    def target(r: Record) -> str:
+        return r.compliant if r.benign else r.refusal
+
+    tokenized = tokenize_pairs(model, [(r.instruction, target(r)) for r in train], config.max_length, max_resp)
+    log_truncated("router", tokenized.truncated)
+    items = [(pair, r.benign) for pair, r in zip(tokenized.pairs, train)]
+    val_pairs = tokenize_pairs(model, [(r.instruction, target(r)) for r in val], config.max_length, max_resp).pairs
+    decoding = DecodingConfig(max_new_tokens=config.glad.val_tokens, routed_tokens=config.routed_tokens)
+
+    def gate_targets(benign: list[bool], like: torch.Tensor) -> torch.Tensor:
+        t = torch.tensor([[0.0, 1.0] if b else [1.0, 0.0] for b in benign], device=like.device)
+        return t[:, None, None, :]  # (batch, 1, 1, 2) against gates (batch, layers, seq, 2)
+
+    def gates_and_ce(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
+        labels = batch.pop("labels")
+        with model.mode("mogu", record=True):
+            ce = sequence_ce(model(**batch).logits, labels)
+        gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
+        model.state.gates.clear()
+        positions = decision_mask(labels) if stage_cfg.gate_positions == "decision" else batch["attention_mask"].bool()
+        return ce, gates, positions, batch
+
+    def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:
+        ce, gates, positions, batch = gates_and_ce(batch_items)
+        err = (gates - gate_targets([b for _, b in batch_items], gates)) ** 2  # (B, L, T, 2)
+        weight = positions[:, None, :, None].float().expand_as(err)
+        # mean over layers and positions, separately per scorer, then summed: alpha * (mse_unwill + mse_glad)
+        gate_loss = ((err * weight).sum(dim=(0, 1, 2)) / weight.sum(dim=(0, 1, 2)).clamp(min=1)).sum()
+        total = ce.mean() + stage_cfg.alpha * gate_loss
+        return total, {"loss": total.item(), "ce": ce.mean().item(), "gate_loss": gate_loss.item()}, int(batch["attention_mask"].sum())
+
+    def validate() -> tuple[tuple[float, ...] | None, dict]:
+        correct, glad = 0, {True: [], False: []}
+        with torch.no_grad():
+            for start in range(0, len(val_pairs), 16):
+                chunk = list(zip(val_pairs[start : start + 16], [r.benign for r in val[start : start + 16]]))
+                _, gates, positions, _ = gates_and_ce(chunk)
+                first = positions.float().argmax(dim=1)  # the last prompt token: the first decision
+                at = gates[torch.arange(len(chunk)), :, first]  # (B, L, 2)
+                margin = (at[..., 1] - at[..., 0]).mean(-1)
+                for (_, benign), m, g in zip(chunk, margin.tolist(), at[..., 1].mean(-1).tolist()):
+                    correct += (m > 0) == benign
+                    glad[benign].append(g)
+        harmful_val = [r.instruction for r in val if not r.benign]
+        benign_val = [r.instruction for r in val if r.benign]
+        harmful_refusal = refusal_rate(model, harmful_val, decoding)
+        benign_refusal = refusal_rate(model, benign_val, decoding)
+        balanced = (harmful_refusal + 1 - benign_refusal) / 2
+        metrics = {
+            "gate_accuracy": correct / max(1, len(val_pairs)),
+            "glad_weight_benign": sum(glad[True]) / max(1, len(glad[True])),
+            "glad_weight_harmful": sum(glad[False]) / max(1, len(glad[False])),
+            "harmful_refusal": harmful_refusal,
+            "benign_refusal": benign_refusal,
+            "balanced": balanced,
+        }
+        return (balanced, metrics["gate_accuracy"]), metrics
+
+    return Stage("router", stage_cfg, items, loss, validate)
