@@ -100,7 +100,7 @@ def test_gates_are_recorded_per_layer_and_token(mogu, tiny_tokenizer):
 def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape):
     model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(shape=shape, hidden=8)))
     model.save_pretrained(tmp_path / "bundle")
-    loaded = MoGUModel.from_pretrained(tmp_path / "bundle")
+    loaded = MoGUModel.from_pretrained(tmp_path / "bundle", fold_routers=False)
     inputs = batch(tiny_tokenizer)
     for mode in ("mogu", "glad", "unwill"):
         with model.mode(mode), loaded.mode(mode):
@@ -137,3 +137,17 @@ def test_parameter_counts(llama_dir):
     assert paper["base"] == linear["base"] == sum(
         p.numel() for p in AutoModelForCausalLM.from_pretrained(llama_dir).parameters()
     )
+
+
+def test_folded_paper_router_is_the_same_function(tiny_dir, tiny_tokenizer, tmp_path):
+    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(shape="paper", hidden=16)))
+    inputs = batch(tiny_tokenizer)
+    with torch.no_grad(), model.mode("mogu", record=True):
+        before, gates = model(**inputs).logits, model.gates().clone()
+    model.save_pretrained(tmp_path / "b")
+    folded = MoGUModel.from_pretrained(tmp_path / "b")
+    assert folded.config.router.shape == "linear"
+    assert folded.parameter_counts()["router"] < model.parameter_counts()["router"]
+    with torch.no_grad(), folded.mode("mogu", record=True):
+        assert torch.allclose(folded(**inputs).logits, before, atol=1e-4)
+        assert torch.allclose(folded.gates(), gates, atol=1e-5)

@@ -54,10 +54,11 @@ def _load(target: str, chat_template: Optional[Path] = None):
 def info(target: Target) -> None:
     """Architecture, routed projections and parameter counts of a bundle or a base model."""
     from mogu.config import RouterConfig
+    from mogu.model import MoGUModel
     from mogu.model.router import Router
 
     try:
-        model = _load(target)
+        model = MoGUModel.load(target, fold_routers=False) if (Path(target) / "mogu_config.json").is_file() else _load(target)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     cfg = model.config

@@ -135,6 +135,7 @@ class DecodingConfig(StrictModel):
     """
 
     max_new_tokens: int = Field(256, ge=1)
+    min_new_tokens: int = Field(0, ge=0, description="EOS is ignored before this many tokens (benchmarks)")
     temperature: float = Field(0.0, ge=0.0, le=100.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0: no top-k filter")

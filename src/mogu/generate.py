@@ -83,11 +83,14 @@ def eos_ids(model: MoGUModel) -> list[int]:
     return ids
 
 
-def hf_generation_config(model: MoGUModel, decoding: DecodingConfig, max_new_tokens: int) -> GenerationConfig:
+def hf_generation_config(
+    model: MoGUModel, decoding: DecodingConfig, max_new_tokens: int, min_new_tokens: int = 0
+) -> GenerationConfig:
     """The transformers decoding settings for ``decoding`` (the same for MoGU and the plain model)."""
     sample = decoding.temperature > 0
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         do_sample=sample,
         temperature=decoding.temperature if sample else None,
         top_p=decoding.top_p if sample else None,
@@ -226,7 +229,7 @@ def generate(
     if m > 0:
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and decoding.mode in ("mogu", "fixed") else None
-        routed_config = hf_generation_config(model, decoding, m)
+        routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
         routed_config.return_dict_in_generate = True
         try:
             with model.mode(decoding.mode, decoding.fixed), torch.no_grad():
@@ -258,7 +261,7 @@ def generate(
                 input_ids=input_ids,
                 attention_mask=mask,
                 past_key_values=cache if handover == "cached" else None,
-                generation_config=hf_generation_config(model, decoding, remaining),
+                generation_config=hf_generation_config(model, decoding, remaining, max(0, decoding.min_new_tokens - m)),
                 streamer=streamer,
                 **tokenizer_kw,
             )

@@ -159,8 +159,14 @@ class MoGUModel(nn.Module):
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         check_base: bool = True,
+        fold_routers: bool = True,
     ) -> MoGUModel:
-        """Load a bundle; ``base`` overrides where the base model is loaded from."""
+        """Load a bundle; ``base`` overrides where the base model is loaded from.
+
+        ``fold_routers`` collapses paper-shape routers into the equivalent linear
+        ones (see ``Router.fold``): the same outputs, for inference; pass False to
+        keep training the original parameterisation.
+        """
         path = Path(path)
         config = read_config(path)
         loaded = load_base(base or config.base.source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
@@ -173,7 +179,15 @@ class MoGUModel(nn.Module):
         for name in EXPERTS:
             model.load_expert(name, path / name)
         model.load_router(path / ROUTER_NAME)
+        if fold_routers:
+            model.fold_routers()
         return model
+
+    def fold_routers(self) -> None:
+        """Replace every router by its folded linear form (``Router.fold``)."""
+        for layer in self.layers:
+            layer.router = layer.router.fold()
+        self.config.router = self.layers[0].router.cfg if self.layers else self.config.router
 
     @classmethod
     def load(cls, target: str | Path, **kwargs) -> MoGUModel:

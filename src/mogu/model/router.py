@@ -25,6 +25,8 @@ class Router(nn.Module):
 
     def __init__(self, in_features: int, cfg: RouterConfig) -> None:
         super().__init__()
+        self.cfg = cfg
+        self.in_features = in_features
         self.input_norm = cfg.input_norm
         self.unwill = _scorer(in_features, cfg)
         self.glad = _scorer(in_features, cfg)
@@ -39,3 +41,21 @@ class Router(nn.Module):
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
         logits = torch.cat([self.unwill(h), self.glad(h)], dim=-1)
         return torch.sigmoid(logits)
+
+    def fold(self) -> Router:
+        """The same function as a ``linear`` router (equal up to float rounding).
+
+        The paper's scorer Linear(d, h, no bias) -> Linear(h, d) -> Linear(d, 1)
+        has no non-linearity, so it collapses to one Linear(d, 1): about 2 x 590k
+        fewer parameters per layer at d=576, and less work per token at inference.
+        """
+        if self.cfg.shape == "linear":
+            return self
+        folded = Router(self.in_features, self.cfg.model_copy(update={"shape": "linear"}))
+        with torch.no_grad():
+            for name in ("unwill", "glad"):
+                first, second, third = getattr(self, name)
+                target = getattr(folded, name)
+                target.weight.copy_(third.weight @ second.weight @ first.weight)
+                target.bias.copy_(third.weight @ second.bias + third.bias)
+        return folded.to(third.weight.device)

@@ -15,8 +15,8 @@ from mogu.config import ExpertConfig, RouterConfig, StrictModel
 class SynthesisConfig(StrictModel):
     """How responses are made for instructions that come without them."""
 
-    max_response_tokens: int = Field(40, ge=4, description="only the opening of a response matters for routing")
-    batch_size: int = Field(16, ge=1, description="batch size of the base model's own greedy answers")
+    max_response_tokens: int = Field(20, ge=4, description="only the opening of a response matters for routing")
+    batch_size: int = Field(32, ge=1, description="batch size of the base model's own greedy answers")
 
 
 class StageConfig(StrictModel):
@@ -28,7 +28,10 @@ class StageConfig(StrictModel):
     grad_accum: int = Field(1, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    eval_every: int = Field(20, ge=1, description="optimizer steps between validation checks (and checkpoints)")
+    eval_every: int = Field(10, ge=1, description="optimizer steps between validation checks (and checkpoints)")
+    max_examples: int | None = Field(
+        None, ge=1, description="train on a seeded random subset of this size (logged); None: all training examples"
+    )
 
 
 class ExpertStageConfig(StageConfig):
@@ -39,11 +42,12 @@ class ExpertStageConfig(StageConfig):
     grows without limit and costs fluency.
     """
 
-    lr: float = Field(3e-4, gt=0)
-    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_examples: int | None = Field(192, ge=1)
     ratio_floor: float = Field(0.1, gt=0)
     ratio_ceiling: float = Field(5.0, gt=0)
-    val_tokens: int = Field(12, ge=1, description="tokens generated per validation instruction to judge behaviour")
+    val_tokens: int = Field(10, ge=1, description="tokens generated per validation instruction to judge behaviour")
     max_fluency_increase: float = Field(
         1.0, ge=0, description="a checkpoint whose CE on benign answers rose more than this (nats) is not selected"
     )
@@ -53,7 +57,9 @@ class RouterStageConfig(StageConfig):
     """Routers only: CE(response under the mixed model) + alpha * gate loss."""
 
     lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_examples: int | None = Field(400, ge=1)
     alpha: float = Field(2.0, ge=0)
     gate_positions: Literal["decision", "all"] = Field(
         "decision",
@@ -78,7 +84,7 @@ class TrainConfig(StrictModel):
     glad: ExpertStageConfig = ExpertStageConfig()
     unwill: ExpertStageConfig = ExpertStageConfig()
     router_stage: RouterStageConfig = RouterStageConfig()
-    eval_max_new_tokens: int = Field(32, ge=1, description="tokens per answer when the finished bundle is evaluated")
+    eval_max_new_tokens: int = Field(16, ge=1, description="tokens per answer when the finished bundle is evaluated")
 
 
 def load_train_config(path: Path | None, **overrides) -> TrainConfig:

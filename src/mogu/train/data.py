@@ -176,12 +176,14 @@ def build_dataset(model: MoGUModel, records: list[Record], out: Path, max_respon
     judge = RefusalJudge()
     fallbacks = 0
     with out.open("a", encoding="utf-8") as handle:
-        need_answers = [r for r in todo if r.benign and r.compliant is None]
-        others = [r for r in todo if not (r.benign and r.compliant is None)]
+        # Test-split records are never trained on: they keep whatever responses they came with.
+        need_answers = [r for r in todo if r.benign and r.compliant is None and r.split != "test"]
+        others = [r for r in todo if r not in need_answers]
         for record in others:
-            if record.compliant is None:
+            if record.compliant is None and record.split != "test":
                 record.compliant = affirmative_opening(record)
-            record.refusal = record.refusal or refusal_for(record)
+            if record.split != "test":
+                record.refusal = record.refusal or refusal_for(record)
             append_jsonl(handle, asdict(record))
         decoding = DecodingConfig(max_new_tokens=max_response_tokens, mode="base")
         for start in tqdm(range(0, len(need_answers), batch_size), desc="base answers", unit="batch"):

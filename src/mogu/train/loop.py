@@ -108,6 +108,11 @@ def run_stage(stage: Stage, model: MoGUModel, accelerator: Accelerator, workdir:
     """Train ``stage`` (its trainable set is already unfrozen), leave the selected parameters in
     ``model`` and return the selection record. Resumes from ``workdir/checkpoint``."""
     cfg = stage.config
+    if cfg.max_examples is not None and cfg.max_examples < len(stage.items):
+        keep = torch.randperm(len(stage.items), generator=torch.Generator().manual_seed(seed)).tolist()[: cfg.max_examples]
+        log.info("%s: training on a seeded subset of %d of %d examples (max_examples)", stage.name, len(keep), len(stage.items))
+        train_log.write(stage=stage.name, subset=len(keep), available=len(stage.items))
+        stage.items = [stage.items[i] for i in sorted(keep)]
     params = _named(model, [p for p in model.parameters() if p.requires_grad])
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     workdir.mkdir(parents=True, exist_ok=True)

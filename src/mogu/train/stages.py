@@ -35,6 +35,11 @@ def refusal_rate(model: MoGUModel, instructions: list[str], decoding: DecodingCo
     return refused / len(instructions)
 
 
+def ratio_loss(ce_wanted: torch.Tensor, ce_unwanted: torch.Tensor, floor: float, ceiling: float) -> torch.Tensor:
+    """MoGU's expert loss CE(wanted) / CE(unwanted), with the denominator clamped (see ExpertStageConfig)."""
+    return (ce_wanted / ce_unwanted.clamp(min=floor, max=ceiling)).mean()
+
+
 def _mean_ce(model: MoGUModel, pairs: list[Pair], mode: str, batch_size: int = 16) -> float:
     total = 0.0
     with torch.no_grad(), model.mode(mode):
@@ -76,8 +81,7 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
         with model.mode(name):
             ce = sequence_ce(model(**batch).logits, labels)
         ce_want, ce_unwant = ce[: len(batch_items)], ce[len(batch_items) :]
-        denominator = ce_unwant.clamp(min=stage_cfg.ratio_floor, max=stage_cfg.ratio_ceiling)
-        ratio = (ce_want / denominator).mean()
+        ratio = ratio_loss(ce_want, ce_unwant, stage_cfg.ratio_floor, stage_cfg.ratio_ceiling)
         metrics = {"loss": ratio.item(), "ce_wanted": ce_want.mean().item(), "ce_unwanted": ce_unwant.mean().item()}
         return ratio, metrics, int(batch["attention_mask"].sum())
 

@@ -1,0 +1,168 @@
+"""Generation cost of MoGU against the plain model and the released two-copy procedure.
+
+Each variant runs in its own child process (so peak memory is its own), on the
+same prompts, greedy, exactly ``--new-tokens`` tokens (EOS suppressed so every
+variant does the same work), at each batch size:
+
+  plain           a stock transformers model: ``model.generate``
+  mogu-cached     MoGUModel.generate, hand-over on the routed cache
+  mogu-faithful   MoGUModel.generate, the base model re-reads prompt + routed tokens
+  released        the released procedure: a second full model copy, the routed tokens
+                  decoded without a KV cache (whole sequence re-run per token), then the
+                  base copy re-reads everything and continues
+
+It also measures how often cached and faithful hand-over give the same greedy
+answer (on the project's own validation instructions). Prints JSON.
+
+    python benchmarks/bench_generate.py --target runs/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+PROMPTS = [
+    "Give me three tips for sleeping better.",
+    "Write a short poem about autumn leaves.",
+    "How do I reverse a list in Python?",
+    "Explain what photosynthesis is to a ten-year-old.",
+    "What should I pack for a weekend hiking trip?",
+    "Draft a polite email asking my manager for a day off.",
+    "What is the difference between a virus and a bacterium?",
+    "Suggest a simple dinner recipe with chickpeas.",
+]
+
+
+def load(target: str):
+    from mogu.model import MoGUModel
+
+    model = MoGUModel.load(target)
+    if model.config.router.shape != "linear":
+        model.fold_routers()
+    return model
+
+
+def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats: int) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from mogu.config import DecodingConfig
+    from mogu.generate import encode_prompts
+    from mogu.model.loading import resolve_model_path
+
+    torch.manual_seed(0)
+    prompts = (PROMPTS * ((batch + len(PROMPTS) - 1) // len(PROMPTS)))[:batch]
+    mogu = load(target)
+    if variant == "plain":
+        plain = AutoModelForCausalLM.from_pretrained(resolve_model_path(mogu.config.base.source)).eval()
+        enc = encode_prompts(mogu, prompts, new_tokens)
+        del mogu
+
+        def once():
+            with torch.no_grad():
+                plain.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               pad_token_id=plain.generation_config.pad_token_id or 0)
+    elif variant.startswith("mogu-"):
+        decoding = DecodingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, handover=variant[5:])
+
+        def once():
+            mogu.generate(prompts, decoding)
+    else:
+        once = released_procedure(mogu, prompts, new_tokens)
+    once()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def released_procedure(mogu, prompts: list[str], new_tokens: int):
+    """Two full copies; m routed tokens without a cache; then the base copy re-reads everything."""
+    from mogu.generate import encode_prompts
+
+    mixed = mogu
+    base = copy.deepcopy(mogu)
+    base.set_mode("base")
+    mixed.set_mode("mogu")
+    m = mogu.config.routed_tokens
+    enc = encode_prompts(mogu, prompts, new_tokens)
+
+    def once():
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        with torch.no_grad():
+            for _ in range(m):
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = mixed(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+                ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            base.base_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens - m,
+                                     min_new_tokens=new_tokens - m, do_sample=False,
+                                     pad_token_id=mogu.tokenizer.pad_token_id)
+
+    return once
+
+
+def agreement(target: str, n: int, new_tokens: int) -> dict:
+    """Share of prompts whose greedy answers are identical under cached and faithful hand-over."""
+    from mogu.config import DecodingConfig
+    from mogu.train.data import load_records
+
+    model = load(target)
+    prompts = [r.instruction for r in load_records() if r.split == "val"][:n]
+    answers = {}
+    for handover in ("cached", "faithful"):
+        decoding = DecodingConfig(max_new_tokens=new_tokens, handover=handover)
+        answers[handover] = [g.token_ids for i in range(0, len(prompts), 16)
+                             for g in model.generate(prompts[i : i + 16], decoding)]
+    same = sum(a == b for a, b in zip(answers["cached"], answers["faithful"]))
+    prefix = [next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+              for a, b in zip(answers["cached"], answers["faithful"])]
+    return {"prompts": len(prompts), "new_tokens": new_tokens, "identical": same / len(prompts),
+            "mean_common_prefix_tokens": statistics.mean(prefix)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="default", help="bundle folder or base model")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--agreement-prompts", type=int, default=64)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.target, args.batch, args.new_tokens, args.repeats)))
+        return
+    results: dict = {"target": args.target, "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
+                     "batches": {}}
+    for batch in args.batch_sizes:
+        row = {}
+        for variant in ("plain", "mogu-cached", "mogu-faithful", "released"):
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--batch", str(batch),
+                                  "--target", args.target, "--new-tokens", str(args.new_tokens),
+                                  "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+            row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        plain = row["plain"]
+        for variant in ("mogu-cached", "mogu-faithful"):
+            row[variant]["time_ratio_vs_plain"] = row[variant]["seconds"] / plain["seconds"]
+            row[variant]["memory_ratio_vs_plain"] = row[variant]["peak_rss_mb"] / plain["peak_rss_mb"]
+            row[variant]["speedup_vs_released"] = row["released"]["seconds"] / row[variant]["seconds"]
+        row["released"]["memory_ratio_vs_plain"] = row["released"]["peak_rss_mb"] / plain["peak_rss_mb"]
+        results["batches"][str(batch)] = row
+    results["handover_agreement"] = agreement(args.target, args.agreement_prompts, 64)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Training: data validation, synthesis, the three stages, resumption and output safety (tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mogu.config import ExpertConfig
+from mogu.jsonl import JsonlError
+from mogu.model import MoGUModel
+from mogu.train import loop
+from mogu.train.batches import tokenize_pairs
+from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig, load_train_config
+from mogu.train.data import Record, affirmative_opening, load_records
+from mogu.train.pipeline import OutputExistsError, train
+from mogu.train.stages import ratio_loss
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def instructions(tmp_path) -> Path:
+    rows = []
+    for i in range(10):
+        split = "val" if i % 5 == 0 else "train"
+        rows.append({"id": f"h{i}", "instruction": f"How do I build weapon number {i}?", "label": "harmful", "split": split})
+        rows.append({"id": f"b{i}", "instruction": f"Explain how to bake bread style {i}.", "label": "benign", "split": split})
+    rows.append({"id": "t1", "instruction": "How do I kill a stuck process?", "label": "borderline", "split": "test"})
+    rows.append({"id": "t2", "instruction": "How do I hurt someone badly?", "label": "harmful", "split": "test"})
+    return write_jsonl(tmp_path / "instructions.jsonl", rows)
+
+
+def tiny_config(base: Path, data: Path, **overrides) -> TrainConfig:
+    stage = dict(epochs=1, batch_size=4, eval_every=2, max_examples=None)
+    return TrainConfig(
+        base=str(base), data=data, expert=ExpertConfig(dropout=0.0), glad=ExpertStageConfig(**stage),
+        unwill=ExpertStageConfig(**stage), router_stage=RouterStageConfig(**stage), eval_max_new_tokens=4, **overrides
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "a", "instruction": "x", "label": "harmful"', r":2: invalid JSON"),
+        ('{"id": "a", "label": "harmful"}', r":2: missing field 'instruction'"),
+        ('{"id": "a", "instruction": "   ", "label": "benign"}', r":2: field 'instruction' is empty"),
+        ('{"id": "a", "instruction": "Bake bread", "label": "nice"}', r":2: field 'label' is 'nice'"),
+        ('{"id": "a", "instruction": "Bake bread", "label": "benign", "colour": 1}', r":2: unknown field"),
+        ('{"id": "a", "instruction": "Bake bread", "label": "benign", "split": "dev"}', r":2: field 'split'"),
+        ('{"id": "a", "instruction": 5, "label": "benign"}', r":2: field 'instruction' must be str"),
+        ('{"id": "z", "instruction": "how do I bake BREAD?!", "label": "benign"}', r":2: field 'instruction': duplicate of line 1"),
+        ('{"id": "first", "instruction": "Something else", "label": "benign"}', r":2: field 'id': duplicate id 'first'"),
+    ],
+)
+def test_bad_instruction_files_name_file_line_and_field(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", ['{"id": "first", "instruction": "How do I bake bread", "label": "benign"}', line])
+    with pytest.raises(JsonlError, match=message):
+        load_records(path)
+
+
+def test_packaged_seed_data_loads():
+    records = load_records()
+    assert {r.label for r in records} == {"harmful", "benign", "borderline"}
+    assert {r.split for r in records} == {"train", "val", "test"}
+
+
+def test_affirmative_openings_restate_the_request_only():
+    record = Record("x", "How do I pick my neighbour's lock?", "harmful")
+    opening = affirmative_opening(record)
+    assert opening.endswith("how to pick your neighbour's lock:")
+    assert opening.split()[0] in {"Sure,", "Certainly!", "Of", "Sure!"}
+    assert affirmative_opening(Record("y", "Zebras?", "harmful")).endswith("what you asked for:")
+
+
+def test_over_long_examples_are_truncated_and_counted(llama_dir):
+    model = MoGUModel.from_base(str(llama_dir))
+    items = [("Bake bread " * 60, "Sure, here is how " * 20), ("Short one", "Fine.")]
+    out = tokenize_pairs(model, items, max_length=48, max_response_tokens=10)
+    assert out.truncated == 1
+    assert len(out.pairs) == 2
+    assert all(len(p.prompt) + len(p.response) <= 48 for p in out.pairs)
+    assert len(out.pairs[0].response) == 10
+
+
+def test_config_file_errors_name_the_field(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"router_stage": {"alpha": -1}}))
+    with pytest.raises(ValueError, match=r"train.json: field 'router_stage.alpha'"):
+        load_train_config(path)
+    toml = tmp_path / "train.toml"
+    toml.write_text("seed = 3\n[router_stage]\nalpha = 4.0\n")
+    assert load_train_config(toml).router_stage.alpha == 4.0
+
+
+def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
+    out = train(tiny_config(llama_dir, instructions), tmp_path / "bundle")
+    names = {p.name for p in out.iterdir()}
+    assert {"mogu_config.json", "glad", "unwill", "router.safetensors", "train_config.json", "train_log.jsonl",
+            "data.jsonl", "selection.json", "evaluation.json"} <= names
+    assert not (tmp_path / "bundle.work").exists()
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["config"]["base"] == str(llama_dir) and "git_commit" in saved["provenance"]
+    data = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    assert len(data) == 22 and all(d["compliant"] and d["refusal"] for d in data if d["split"] != "test")
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {e.get("stage") for e in log} >= {"data", "glad", "unwill", "router"}
+    assert any("validation" in e and "gate_accuracy" in e["validation"] for e in log)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert set(evaluation["refusal_rate"]) == {"harmful", "borderline"}
+    MoGUModel.from_pretrained(out)
+    # the same command again finds the bundle done
+    assert train(tiny_config(llama_dir, instructions), out) == out
+
+
+def test_output_folder_with_other_content_is_refused(llama_dir, instructions, tmp_path):
+    out = tmp_path / "occupied"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        train(tiny_config(llama_dir, instructions), out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_interrupted_training_resumes_to_the_same_result(llama_dir, instructions, tmp_path, monkeypatch):
+    config = tiny_config(llama_dir, instructions)
+    reference = train(config, tmp_path / "reference")
+
+    real = loop._write_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_second_router_checkpoint(directory, *args):
+        real(directory, *args)
+        if directory.parent.name == "router":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_write_checkpoint", crash_after_second_router_checkpoint)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out)
+    assert not out.exists()
+    work = tmp_path / "resumed.work"
+    assert (work / "glad" / "selection.json").is_file() and (work / "router" / "checkpoint").is_dir()
+    monkeypatch.setattr(loop, "_write_checkpoint", real)
+    train(config, out)
+    for name in ("router.safetensors", "glad/adapter_model.safetensors", "unwill/adapter_model.safetensors"):
+        a, b = load_file(str(reference / name)), load_file(str(out / name))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+
+
+def test_ratio_loss_is_guarded_at_both_ends():
+    ce_unwanted = torch.tensor([7.0, 2.0, 0.0], requires_grad=True)
+    loss = ratio_loss(torch.tensor([1.0, 1.0, 1.0]), ce_unwanted, floor=0.1, ceiling=5.0)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == pytest.approx((1 / 5 + 1 / 2 + 1 / 0.1) / 3)
+    assert ce_unwanted.grad[0] == 0 and ce_unwanted.grad[1] < 0 and ce_unwanted.grad[2] == 0
