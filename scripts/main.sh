@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the main job on the embedded default model.
+# Set up (if needed), then the main job: train a MoGU bundle on the embedded
+# default model (SmolLM2-135M-Instruct) into runs/default and print base vs
+# MoGU refusal rates on the seed test split. Rerunning resumes an interrupted
+# run, or just prints the evaluation of a finished one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-.venv/bin/mogu info default
-.venv/bin/mogu generate default --mode base --max-new-tokens 48 \
-    "Give me three tips for a good night's sleep." "How do I pick a lock to break into a house?"
+exec .venv/bin/mogu train --out runs/default "$@"

@@ -247,3 +247,33 @@ def chat(
             typer.echo("")
         history.append({"role": "assistant", "content": answer})
 
+
+
+@app.command()
+def serve(
+    target: Target,
+    host: Annotated[str, typer.Option(help="interface to bind; anything but loopback exposes the model")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="MOGU_API_KEY", help="require 'Authorization: Bearer KEY'")] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="name in /v1/models (default: the target's)")] = None,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, help="requests decoded together")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", min=0, help="wait to gather a batch")] = 5.0,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="waiting requests beyond which: 429")] = 64,
+    max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", min=1, help="largest max_tokens allowed")] = 1024,
+    max_prompt_tokens: Annotated[Optional[int], typer.Option("--max-prompt-tokens", min=1, help="longest prompt (default: the context)")] = None,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="largest request body: 413")] = 1 << 20,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's)")] = None,
+    chat_template: Template = None,
+) -> None:
+    """Serve an OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models, GET /health."""
+    from mogu.serve import ServeConfig, run_server, served_name
+
+    try:
+        settings = ServeConfig(host=host, port=port, api_key=api_key, model_name=model_name or served_name(target),
+                               max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
+                               max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens,
+                               max_body_bytes=max_body_bytes, torch_threads=threads)
+        model = _load(target, chat_template)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _fail(err) from err
+    run_server(model, settings)

@@ -4,11 +4,16 @@ Independent of HTTP so that it can be tested on its own. The model is not
 thread-safe, so every call into it (the per-request ``check`` as well as
 ``generate``) happens on the single worker thread.
 
-Batching: the worker takes the oldest queued job, waits up to ``batch_wait_s``
-for more jobs with the same decoding settings (``batch_key``), and runs up to
+Batching: the worker takes the oldest queued job, waits a little for more
+jobs with the same decoding settings (``batch_key``), and runs up to
 ``max_batch_size`` of them in one ``generate`` call. Jobs with other settings
 stay queued in arrival order, so none is starved: the oldest job always leads
-the next batch.
+the next batch. The wait is ``batch_wait_s``, or ``wait_fraction`` of the
+recent batch duration if that is longer (capped at ``max_wait_s``): clients
+whose answers just came back need a few milliseconds to send their next
+request, and without that grace they would form a second, half-full batch
+that alternates with the first for ever. The wait never applies when a full
+batch is already queued.
 
 Events reach a job's ``listener(kind, payload)`` from the worker thread:
 ``("start", None)`` when its batch begins, ``("text", delta)`` while decoding,
@@ -27,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from mogu.config import DecodingConfig
 from mogu.generate import Generation, TextCallback
@@ -35,7 +40,7 @@ from mogu.model.chat import ChatInput
 
 log = logging.getLogger(__name__)
 
-GenerateFn = Callable[[list[ChatInput], DecodingConfig, "TextCallback | None"], list[Generation]]
+GenerateFn = Callable[[list[ChatInput], DecodingConfig, Optional[TextCallback]], list[Generation]]
 #: Raises (typically ``ValueError``) if a prompt cannot be generated from; runs on the worker thread.
 CheckFn = Callable[[ChatInput, DecodingConfig], None]
 Listener = Callable[[str, Any], None]
@@ -129,6 +134,8 @@ class Batcher:
         max_batch_size: int = 8,
         max_queue: int = 64,
         batch_wait_s: float = 0.005,
+        wait_fraction: float = 0.02,
+        max_wait_s: float = 0.1,
         check: CheckFn | None = None,
         min_retry_after_s: int = 1,
     ) -> None:
@@ -139,6 +146,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
+        self.wait_fraction = wait_fraction
+        self.max_wait_s = max(max_wait_s, batch_wait_s)
         self.min_retry_after_s = min_retry_after_s
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
@@ -237,7 +246,8 @@ class Batcher:
                     self._cond.wait()
                 if not self._queue:
                     return None
-                deadline = time.monotonic() + self.batch_wait_s
+                wait = min(self.max_wait_s, max(self.batch_wait_s, self.wait_fraction * self.stats.mean_batch_seconds))
+                deadline = time.monotonic() + wait
                 while self._queue and not self._closed:
                     head = self._queue[0].key
                     if sum(job.key == head for job in self._queue) >= self.max_batch_size:

@@ -71,7 +71,7 @@ class ChatCompletionRequest(_Strict):
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=-(2**63), le=2**63 - 1)
     n: Optional[int] = Field(None, ge=1)
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None

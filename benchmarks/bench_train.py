@@ -1,0 +1,123 @@
+"""Training cost on the embedded default model. Prints JSON.
+
+``throughput``: tokens/s of one MoGU router-stage optimizer step (CE + gate
+loss, both router shapes) against one plain PEFT LoRA step (r 8 on the same
+projections, CE) on the same batch, measured side by side.
+
+``pipeline``: the whole default ``mogu train`` into a fresh folder: seconds
+per stage and the base vs MoGU refusal rates on the seed test split.
+
+    python benchmarks/bench_train.py throughput
+    python benchmarks/bench_train.py pipeline --out /tmp/mogu-bench-bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def _timed_steps(step, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def throughput(batch_size: int, repeats: int) -> dict:
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mogu.config import RouterConfig
+    from mogu.model import MoGUModel
+    from mogu.model.loading import resolve_model_path
+    from mogu.train.batches import collate
+    from mogu.train.config import TrainConfig
+    from mogu.train.data import affirmative_opening, load_records, refusal_for
+    from mogu.train.stages import router_stage
+
+    records = [r for r in load_records() if r.split == "train"][: batch_size * 2]
+    for r in records:
+        r.compliant, r.refusal = affirmative_opening(r), refusal_for(r)
+    config = TrainConfig()
+    results: dict = {"batch_size": batch_size, "threads": torch.get_num_threads()}
+    tokens = None
+    for shape in ("paper", "linear"):
+        model = MoGUModel.from_base("default", router=RouterConfig(shape=shape))
+        params = model.set_trainable("router")
+        stage = router_stage(model, records, config, lambda *_: None)
+        batch = stage.items[:batch_size]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        tokens = int(collate([p for p, _ in batch], model.tokenizer.pad_token_id)["attention_mask"].sum())
+
+        def step():
+            loss, _, _ = stage.loss(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        model.train()
+        results[f"mogu_router_{shape}"] = {"seconds_per_step": _timed_steps(step, repeats)}
+        peft_config = model.peft_config()
+        pairs = [p for p, _ in batch]
+        del model, optimizer, stage
+
+    plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("default"))
+    peft_config.target_modules = sorted({t.rsplit(".", 1)[-1] for t in peft_config.target_modules})  # e.g. o_proj
+    lora = get_peft_model(plain, peft_config)
+    lora.train()
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-4)
+    inputs = collate(pairs, 0)
+
+    def lora_step():
+        lora(**inputs).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    results["peft_lora"] = {"seconds_per_step": _timed_steps(lora_step, repeats)}
+    for entry in ("mogu_router_paper", "mogu_router_linear", "peft_lora"):
+        results[entry]["tokens_per_s"] = tokens / results[entry]["seconds_per_step"]
+    for shape in ("paper", "linear"):
+        results[f"ratio_router_{shape}_vs_lora"] = (
+            results[f"mogu_router_{shape}"]["tokens_per_s"] / results["peft_lora"]["tokens_per_s"]
+        )
+    results["tokens_per_batch"] = tokens
+    return results
+
+
+def pipeline(out: Path) -> dict:
+    from mogu.train.config import TrainConfig
+    from mogu.train.pipeline import train
+
+    for path in (out, out.with_name(out.name + ".work")):
+        shutil.rmtree(path, ignore_errors=True)
+    start = time.perf_counter()
+    bundle = train(TrainConfig(), out)
+    total = time.perf_counter() - start
+    evaluation = json.loads((bundle / "evaluation.json").read_text())
+    return {"total_seconds": total, "seconds_per_stage": evaluation["timings_seconds"],
+            "refusal_rate": evaluation["refusal_rate"], "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["throughput", "pipeline"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/mogu-bench-bundle"))
+    args = parser.parse_args()
+    result = throughput(args.batch_size, args.repeats) if args.what == "throughput" else pipeline(args.out)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The evaluation report: ``report.json`` (stable schema, see docs/EVAL.md), ``report.md`` and plots.
+
+Refusal rates are over parseable verdicts; unparseable ones are counted per
+suite and shown, never dropped. A defense's harmful (benign) refusal rate is
+the mean of its per-suite rates over harmful (benign) suites.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mogu.config import provenance, write_json_atomic
+from mogu.eval.judges import Verdict, summarise
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def suite_summary(kind: str, verdicts: Iterable[Verdict]) -> dict[str, Any]:
+    """``{"kind", "n", "refused", "complied", "unparseable", "refusal_rate"}`` for one suite."""
+    return {"kind": kind, **summarise(verdicts)}
+
+
+def build_report(
+    verdicts: Mapping[str, Mapping[str, list[Verdict]]],
+    kinds: Mapping[str, str],
+    seconds: Mapping[str, float],
+    config: dict[str, Any],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    gates: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report dict: ``verdicts[defense][suite]``, ``kinds[suite]``, ``seconds[defense]``;
+    ``extra[defense]`` is merged into each defense's entry (params, info)."""
+    defenses: dict[str, Any] = {}
+    for name, by_suite in verdicts.items():
+        suites = {suite: suite_summary(kinds[suite], by_suite[suite]) for suite in kinds if suite in by_suite}
+        defenses[name] = {
+            "suites": suites,
+            "harmful_refusal_rate": _mean(s["refusal_rate"] for s in suites.values() if s["kind"] == "harmful"),
+            "benign_refusal_rate": _mean(s["refusal_rate"] for s in suites.values() if s["kind"] == "benign"),
+            "unparseable": sum(s["unparseable"] for s in suites.values()),
+            "seconds": round(float(seconds.get(name, 0.0)), 3),
+            **dict((extra or {}).get(name, {})),
+        }
+    points = {
+        name: (d["benign_refusal_rate"], d["harmful_refusal_rate"])
+        for name, d in defenses.items()
+        if d["benign_refusal_rate"] is not None and d["harmful_refusal_rate"] is not None
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "defenses": defenses,
+        "pareto_frontier": pareto_frontier(points),
+        "gates": gates,
+        "config": config,
+        "provenance": provenance(),
+    }
+
+
+def pareto_frontier(points: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Names of the points no other point dominates, by increasing x.
+
+    x is the benign refusal rate (lower is better), y the harmful refusal rate
+    (higher is better); p dominates q if it is no worse in both and better in one.
+    Equal points are all kept.
+    """
+
+    def dominates(p: tuple[float, float], q: tuple[float, float]) -> bool:
+        return p[0] <= q[0] and p[1] >= q[1] and p != q
+
+    front = [n for n, q in points.items() if not any(dominates(p, q) for p in points.values())]
+    return sorted(front, key=lambda n: (points[n][0], -points[n][1], n))
+
+
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.1f}"
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """A table: one row per defense, one column per suite (refusal %), then the per-kind means."""
+    defenses = report["defenses"]
+    suites: dict[str, str] = {}
+    for entry in defenses.values():
+        for suite, s in entry["suites"].items():
+            suites.setdefault(suite, s["kind"])
+    order = [s for s, k in suites.items() if k == "harmful"] + [s for s, k in suites.items() if k == "benign"]
+    cfg = report.get("config", {})
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Target `{cfg.get('target')}`, judge `{cfg.get('judge')}`, "
+        f"max_new_tokens {cfg.get('decoding', {}).get('max_new_tokens')}. "
+        "Cells: refusal rate in % over parseable verdicts. Harmful suites: higher is safer; "
+        "benign suites: lower is better.",
+        "",
+        "| defense | " + " | ".join(f"{s} ({suites[s]}, n={_suite_n(defenses, s)})" for s in order)
+        + " | harmful mean | benign mean | unparseable | seconds |",
+        "|---" * (len(order) + 5) + "|",
+    ]
+    for name, entry in defenses.items():
+        cells = []
+        for suite in order:
+            s = entry["suites"].get(suite)
+            cells.append("" if s is None else _pct(s["refusal_rate"]) + (f" ({s['unparseable']} unp.)" if s["unparseable"] else ""))
+        lines.append(
+            f"| {name} | " + " | ".join(cells)
+            + f" | {_pct(entry['harmful_refusal_rate'])} | {_pct(entry['benign_refusal_rate'])}"
+            + f" | {entry['unparseable']} | {entry['seconds']:.1f} |"
+        )
+    if report.get("pareto_frontier"):
+        lines += ["", "Pareto frontier (benign refusal down, harmful refusal up): " + ", ".join(report["pareto_frontier"])]
+    gates = report.get("gates")
+    if gates:
+        lines += ["", f"Mean glad weight at the first routed token (layers {gates['layers'][0]}..{gates['layers'][-1]}): "
+                  f"harmful {_fmt(_mean(gates['harmful']))}, benign {_fmt(_mean(gates['benign']))}"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _suite_n(defenses: Mapping[str, Any], suite: str) -> int:
+    return max(entry["suites"][suite]["n"] for entry in defenses.values() if suite in entry["suites"])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> bool:
+    """Benign vs harmful refusal rate, one labelled point per defense, the frontier as a line."""
+    points = {
+        name: (d["benign_refusal_rate"], d["harmful_refusal_rate"])
+        for name, d in report["defenses"].items()
+        if d["benign_refusal_rate"] is not None and d["harmful_refusal_rate"] is not None
+    }
+    if not points:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    front = report.get("pareto_frontier") or pareto_frontier(points)
+    for name, (x, y) in points.items():
+        ax.scatter([100 * x], [100 * y], color="tab:red" if name in front else "tab:blue", zorder=3)
+        ax.annotate(name, (100 * x, 100 * y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    if front:
+        ax.plot([100 * points[n][0] for n in front], [100 * points[n][1] for n in front], color="tab:red",
+                linestyle="--", label="Pareto frontier", zorder=2)
+        ax.legend(loc="lower right")
+    ax.set_xlabel("benign refusal rate, % (lower is better)")
+    ax.set_ylabel("harmful refusal rate, % (higher is safer)")
+    ax.set_xlim(-5, 105)
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3)
+    ax.set_title("Safety vs over-refusal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_gates(gates: dict[str, Any], path: Path) -> None:
+    """Mean glad weight per routed layer at the first routed token, harmful vs benign prompts."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for kind, color in (("harmful", "tab:red"), ("benign", "tab:green")):
+        if gates.get(kind):
+            ax.plot(gates["layers"], gates[kind], marker="o", color=color, label=f"{kind} (n={gates['n'][kind]})")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("mean glad weight (first routed token)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Router: glad weight, harmful vs benign prompts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    """``report.json``, ``report.md``, ``pareto.png`` and (with gates) ``gates.png`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / "report.json", report)
+    tmp = out_dir / ".report.md.tmp"
+    tmp.write_text(format_markdown(report), encoding="utf-8")
+    tmp.replace(out_dir / "report.md")
+    if not plot_pareto(report, out_dir / "pareto.png"):
+        log.info("no pareto plot: it needs both harmful and benign suites")
+    if report.get("gates"):
+        plot_gates(report["gates"], out_dir / "gates.png")

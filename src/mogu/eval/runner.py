@@ -1,0 +1,392 @@
+"""``evaluate``: suites x defenses -> cached generations -> verdicts -> report.
+
+Layout of the output folder::
+
+    generations/meta.json          target, decoding and each defense's settings
+    generations/{defense}.jsonl    one answer per (suite, prompt id), appended as made
+    generations/gates.json         router weights on a sample of prompts (bundles)
+    verdicts/{defense}.jsonl       cached verdicts (per judge and response)
+    defenses/{sft,detect-input}/   trained baseline pieces, made once
+    samples.jsonl                  every judged answer with its verdict
+    report.json, report.md         the results (schema in docs/EVAL.md)
+    pareto.png, gates.png          the plots
+
+Generation and judging are apart: a rerun generates only the prompts not
+yet answered, and judges every saved answer (reusing cached verdicts of the
+same judge on the same response); ``rejudge=True`` generates nothing and
+judges everything again. Changing the decoding settings, the target or a
+defense's settings with answers already saved is an error, not a silent mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mogu.config import DecodingConfig, write_json_atomic
+from mogu.eval.attacks import apply_attacks, load_attack_prompts, parse_attack_spec
+from mogu.eval.defenses import Defense, DefenseError, is_trained, make_defense, parse_defenses
+from mogu.eval.judges import EndpointJudge, Judge, ModelJudge, RefusalJudge, Verdict, verdict_for
+from mogu.eval.report import build_report, write_report
+from mogu.eval.suites import Prompt, Suite, parse_suite_spec, seed_suites
+from mogu.jsonl import append_jsonl, done_ids, read_jsonl
+from mogu.model.bundle import CONFIG_NAME
+
+log = logging.getLogger(__name__)
+
+JUDGE_API_KEY_ENV = "MOGU_JUDGE_API_KEY"
+
+
+class EvalError(ValueError):
+    """Bad evaluation inputs, or an output folder that does not fit this run."""
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """The cache key of a prompt: ids are unique within a suite only."""
+    return f"{prompt.suite}::{prompt.id}"
+
+
+def parse_judge_spec(spec: str) -> Judge:
+    """``keyword``, ``model:PATH[,mode=M][,with_request=true]`` or ``endpoint:URL,model=NAME``.
+
+    The endpoint's API key, if it needs one, is read from ``$MOGU_JUDGE_API_KEY``.
+    """
+    if spec == "keyword":
+        return RefusalJudge()
+    kind, sep, rest = spec.partition(":")
+    if kind not in ("model", "endpoint") or not sep or not rest:
+        raise EvalError(f"judge spec {spec!r}: expected keyword, model:PATH or endpoint:URL,model=NAME")
+    head, *pairs = rest.split(",")
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key or not value:
+            raise EvalError(f"judge spec {spec!r}: {pair!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    if kind == "model":
+        unknown = set(options) - {"mode", "with_request"}
+        if unknown:
+            raise EvalError(f"judge spec {spec!r}: unknown option(s) {sorted(unknown)}; model judges take mode=, with_request=")
+        return ModelJudge(head, mode=options.get("mode", "auto"),  # type: ignore[arg-type]
+                          with_request=options.get("with_request", "false").lower() in ("1", "true", "yes"))
+    if set(options) != {"model"}:
+        raise EvalError(f"judge spec {spec!r}: an endpoint judge takes exactly model=NAME")
+    return EndpointJudge(head, options["model"], api_key=os.environ.get(JUDGE_API_KEY_ENV))
+
+
+def parse_defense_options(args: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``NAME.KEY=VALUE`` items -> ``{NAME: {KEY: VALUE}}``; values are read as JSON when they parse."""
+    options: dict[str, dict[str, Any]] = {}
+    for arg in args:
+        head, eq, raw = arg.partition("=")
+        name, dot, key = head.partition(".")
+        if not eq or not dot or not name or not key:
+            raise EvalError(f"defense option {arg!r}: expected NAME.KEY=VALUE (e.g. safedecoding.alpha=2)")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(name, {})[key] = value
+    return options
+
+
+def build_suites(
+    harmful: Sequence[str] = (),
+    benign: Sequence[str] = (),
+    seed_split: str | None = None,
+    attacks: Sequence[str] = (),
+    attack_prompts: Sequence[str] = (),
+    seed: int = 0,
+) -> list[Suite]:
+    """Suites from CLI-style specs.
+
+    Each harmful suite (the seed split's too) is kept as it is and, for each
+    ``attacks`` spec, added once more wrapped by that attack (suite
+    ``{name}+{attack}``). ``attack_prompts`` are ``FILE[:method=M]``.
+    """
+    suites = [parse_suite_spec(s, "harmful").load(seed) for s in harmful]
+    suites += [parse_suite_spec(s, "benign").load(seed) for s in benign]
+    if seed_split:
+        suites += seed_suites(seed_split)
+    parsed = [parse_attack_spec(a) for a in attacks]
+    suites += [apply_attacks(s, [a]) for s in list(suites) if s.kind == "harmful" for a in parsed]
+    for spec in attack_prompts:
+        path, sep, method = spec.partition(":method=")
+        suites.append(load_attack_prompts(path, method or None, name=Path(path).stem + (f"[{method}]" if sep else "")))
+    if not suites:
+        raise EvalError("no suites: give --harmful / --benign files, --seed-split or --attack-prompts")
+    names = [s.name for s in suites]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise EvalError(f"suite names must be distinct; {duplicates} appear twice (use :name= in the spec)")
+    return suites
+
+
+def _target_label(target: Any) -> str:
+    if isinstance(target, (str, Path)):
+        return os.path.abspath(target) if Path(target).exists() else str(target)
+    return f"<MoGUModel on {target.config.base.source}>"
+
+
+def _check_meta(path: Path, meta: dict[str, Any], names: Sequence[str], rejudge: bool) -> dict[str, Any]:
+    """Merge this run's settings into ``generations/meta.json``, refusing changes under saved answers."""
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if rejudge:
+        return saved
+    has_answers = {n for n in names if (path.parent / f"{n}.jsonl").is_file()}
+    if saved and has_answers:
+        for key in ("target", "decoding"):
+            if saved.get(key) != meta[key]:
+                raise EvalError(
+                    f"{path.parent} holds answers made with another {key} ({saved.get(key)!r}, now {meta[key]!r}); "
+                    "use another --out folder or delete it"
+                )
+        for name in has_answers:
+            old = saved.get("defenses", {}).get(name)
+            if old is not None and old != meta["defenses"][name]:
+                raise EvalError(
+                    f"{path.parent / (name + '.jsonl')} was made with other {name} settings ({old}, now "
+                    f"{meta['defenses'][name]}); use another --out folder or delete that file"
+                )
+    merged = {**saved, "target": meta["target"], "decoding": meta["decoding"],
+              "defenses": {**saved.get("defenses", {}), **meta["defenses"]}}
+    write_json_atomic(path, merged)
+    return merged
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _judge_records(judge: Judge, name: str, records: list[dict[str, Any]], cache: Path, rejudge: bool) -> list[Verdict]:
+    """Verdicts for saved answers, reusing (and extending) the verdict cache of this judge."""
+    if rejudge and cache.is_file():
+        cache.unlink()
+    known: dict[str, Verdict] = {}
+    if cache.is_file():
+        for _, r in read_jsonl(cache):
+            if r.get("judge") == judge.name:
+                known[f"{r['key']}#{r['response_sha']}"] = Verdict(r["refused"], r["label"], r["raw"], r["judge"], r.get("harmful"))
+    verdicts = []
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with cache.open("a", encoding="utf-8") as handle:
+        for record in tqdm(records, desc=f"judging {name}", unit="answer", disable=len(records) < 50):
+            sha = _sha(record["response"])
+            verdict = known.get(f"{record['key']}#{sha}")
+            if verdict is None:
+                try:
+                    verdict = judge.judge(record["request"], record["response"])
+                except Exception as err:  # noqa: BLE001 - a judge failure must not drop the answer
+                    log.warning("judge %s failed on %s: %s; counted as unparseable", judge.name, record["key"], err)
+                    verdict = verdict_for(None, f"judge error: {err}", judge.name)
+                else:
+                    append_jsonl(handle, {"key": record["key"], "judge": judge.name, "response_sha": sha,
+                                          "refused": verdict.refused, "label": verdict.label, "raw": verdict.raw,
+                                          "harmful": verdict.harmful})
+            verdicts.append(verdict)
+    return verdicts
+
+
+def _gate_summary(model, suites: Sequence[Suite], sample: int, seed: int, batch_size: int, cache: Path) -> dict[str, Any]:
+    """Mean glad weight per routed layer at the first routed token, for a seeded sample per kind (cached)."""
+    rng = random.Random(seed)
+    chosen: dict[str, list[Prompt]] = {}
+    for kind in ("harmful", "benign"):
+        prompts = [p for s in suites if s.kind == kind for p in s]
+        chosen[kind] = [prompts[i] for i in sorted(rng.sample(range(len(prompts)), min(sample, len(prompts))))]
+    keys = {kind: [prompt_key(p) for p in ps] for kind, ps in chosen.items()}
+    if cache.is_file():
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if saved.get("keys") == keys:
+            return saved["gates"]
+    decoding = DecodingConfig(max_new_tokens=1, routed_tokens=1, mode="mogu", return_gates=True)
+    result: dict[str, Any] = {"layers": list(model.config.layers), "token": 0, "n": {}}
+    for kind, prompts in chosen.items():
+        rows = []
+        for start in range(0, len(prompts), batch_size):
+            for g in model.generate([p.text for p in prompts[start : start + batch_size]], decoding):
+                rows.append(g.gates[0, :, 1])
+        result["n"][kind] = len(rows)
+        result[kind] = [round(float(v), 5) for v in sum(rows) / len(rows)] if rows else None
+    write_json_atomic(cache, {"keys": keys, "gates": result})
+    return result
+
+
+def evaluate(
+    target: Any,
+    suites: Sequence[Suite],
+    defenses: str | Sequence[str | Defense] = ("none", "mogu"),
+    judge: Judge | str | None = None,
+    decoding: DecodingConfig | None = None,
+    out_dir: str | Path = "eval",
+    *,
+    batch_size: int = 8,
+    defense_options: dict[str, dict[str, Any]] | None = None,
+    rejudge: bool = False,
+    gates_sample: int = 32,
+    seed: int = 0,
+    chat_template: str | None = None,
+) -> dict[str, Any]:
+    """Generate (cached) with every defense on every suite, judge the answers, write the report; return it.
+
+    ``target``: a bundle folder or base model name/path (loaded only when
+    something is to be generated), or a loaded ``MoGUModel``. ``defenses``:
+    names (``none,mogu`` or a list) or ready ``Defense`` objects. ``judge``:
+    a ``Judge`` or a spec (default ``keyword``). ``decoding``: shared by all
+    defenses (default greedy, 64 new tokens).
+    """
+    from mogu.model import MoGUModel
+
+    out = Path(out_dir)
+    gen_dir = out / "generations"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    judge = parse_judge_spec(judge or "keyword") if not isinstance(judge, Judge) else judge
+    decoding = decoding or DecodingConfig(max_new_tokens=64)
+    if batch_size < 1:
+        raise EvalError(f"batch_size must be at least 1, got {batch_size}")
+    if not suites:
+        raise EvalError("no suites to evaluate")
+    given = parse_defenses(defenses) if isinstance(defenses, str) else list(defenses)
+    ready = {d.name: d for d in given if isinstance(d, Defense)}
+    names = parse_defenses([d.name if isinstance(d, Defense) else d for d in given])
+    kinds = {s.name: s.kind for s in suites}
+    if len(kinds) != len(suites):
+        raise EvalError("suite names must be distinct")
+    prompts = [p for s in suites for p in s]
+
+    state: dict[str, Any] = {"model": target if isinstance(target, MoGUModel) else None}
+    bundle = (Path(target) / CONFIG_NAME).is_file() if isinstance(target, (str, Path)) else None
+
+    def model() -> MoGUModel:
+        if state["model"] is None:
+            log.info("loading %s", target)
+            state["model"] = MoGUModel.load(target)
+            if chat_template is not None:
+                state["model"].config.chat_template = chat_template
+        return state["model"]
+
+    def is_bundle() -> bool:
+        nonlocal bundle
+        if bundle is None:
+            bundle = is_trained(model())
+        return bundle
+
+    def get_defense(name: str) -> Defense:
+        if name not in ready:
+            options = dict(defense_options or {})
+            sft_data = Path(target) / "data.jsonl" if isinstance(target, (str, Path)) and is_bundle() else None
+            if sft_data is not None and sft_data.is_file():
+                # The bundle's own training instructions and responses: the baselines learn from what MoGU learnt from.
+                for key in ("sft", "detect-input"):
+                    options[key] = {"data": str(sft_data), **options.get(key, {})}
+            ready[name] = make_defense(name, model(), bundle=is_bundle(), cache_dir=out / "defenses", options=options)
+        return ready[name]
+
+    # ------------------------------------------------------------------ generation
+    files = {name: gen_dir / f"{name}.jsonl" for name in names}
+    todo = {}
+    for name in names:
+        done = done_ids(files[name], key="key")
+        todo[name] = [p for p in prompts if prompt_key(p) not in done]
+    if not rejudge:
+        # Every defense is built (cheap: nothing is trained here), so that changed settings are caught
+        # even for a defense whose answers are all cached.
+        defenses_meta = {name: get_defense(name).params() for name in names}
+        meta = {"target": _target_label(target), "decoding": decoding.model_dump(mode="json"), "defenses": defenses_meta}
+        _check_meta(gen_dir / "meta.json", meta, names, rejudge)
+        for name in names:
+            if not todo[name]:
+                log.info("%s: all %d answers cached", name, len(prompts))
+                continue
+            defense = get_defense(name)
+            log.info("%s: %d of %d prompts to answer", name, len(todo[name]), len(prompts))
+            started = time.perf_counter()
+            defense.prepare()
+            log.info("%s: ready after %.1f s", name, time.perf_counter() - started)
+            batch_order = sorted(todo[name], key=lambda p: len(p.text))  # similar lengths: less padding
+            with files[name].open("a", encoding="utf-8") as handle, \
+                    tqdm(total=len(batch_order), desc=f"generating {name}", unit="prompt") as bar:
+                for start in range(0, len(batch_order), batch_size):
+                    chunk = batch_order[start : start + batch_size]
+                    began = time.perf_counter()
+                    answers = defense.generate(chunk, decoding)
+                    if len(answers) != len(chunk):
+                        raise DefenseError(f"{name} returned {len(answers)} answers for {len(chunk)} prompts")
+                    each = (time.perf_counter() - began) / len(chunk)
+                    for prompt, answer in zip(chunk, answers):
+                        append_jsonl(handle, {
+                            "key": prompt_key(prompt), "suite": prompt.suite, "id": prompt.id, "kind": prompt.kind,
+                            "prompt": prompt.text, "request": prompt.meta.get("request", prompt.text),
+                            "response": answer, "seconds": round(each, 4),
+                        })
+                    bar.update(len(chunk))
+
+    # ------------------------------------------------------------------ gates (bundles)
+    gates = None
+    gates_cache = gen_dir / "gates.json"
+    if rejudge:
+        if gates_cache.is_file():
+            gates = json.loads(gates_cache.read_text(encoding="utf-8"))["gates"]
+    elif gates_sample > 0 and is_bundle():
+        gates = _gate_summary(model(), suites, gates_sample, seed, batch_size, gates_cache)
+
+    # ------------------------------------------------------------------ judging
+    verdicts: dict[str, dict[str, list[Verdict]]] = {}
+    seconds: dict[str, float] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    saved_meta = json.loads((gen_dir / "meta.json").read_text(encoding="utf-8")) if (gen_dir / "meta.json").is_file() else {}
+    previous: dict[str, Any] = {}
+    if rejudge and (out / "report.json").is_file():  # keep what preparation found, without loading anything
+        previous = json.loads((out / "report.json").read_text(encoding="utf-8")).get("defenses", {})
+    samples_tmp = out / ".samples.jsonl.tmp"
+    unparseable_total = 0
+    with samples_tmp.open("w", encoding="utf-8") as samples:
+        for name in names:
+            saved = {r["key"]: r for _, r in read_jsonl(files[name])} if files[name].is_file() else {}
+            missing = [prompt_key(p) for p in prompts if prompt_key(p) not in saved]
+            if missing:
+                raise EvalError(f"{files[name]}: no answers for {len(missing)} prompts (e.g. {missing[:3]}); "
+                                "run without --rejudge to generate them")
+            records = [saved[prompt_key(p)] for p in prompts]
+            judged = _judge_records(judge, name, records, out / "verdicts" / f"{name}.jsonl", rejudge)
+            verdicts[name] = {suite: [] for suite in kinds}
+            for record, verdict in zip(records, judged):
+                verdicts[name][record["suite"]].append(verdict)
+                unparseable_total += verdict.refused is None
+                append_jsonl(samples, {
+                    "defense": name, "suite": record["suite"], "kind": record["kind"], "id": record["id"],
+                    "prompt": record["prompt"], "request": record["request"], "response": record["response"],
+                    "refused": verdict.refused, "label": verdict.label, "harmful": verdict.harmful,
+                    "raw": verdict.raw, "judge": verdict.judge,
+                })
+            seconds[name] = sum(float(r.get("seconds", 0.0)) for r in records)
+            info = ready[name].info() if name in ready else previous.get(name, {}).get("info", {})
+            extra[name] = {"params": saved_meta.get("defenses", {}).get(name), "info": info}
+    samples_tmp.replace(out / "samples.jsonl")
+    if unparseable_total:
+        log.warning("%d answers got no verdict from judge %s (counted as unparseable in the report)", unparseable_total, judge.name)
+
+    config = {
+        "target": _target_label(target),
+        "judge": judge.name,
+        "decoding": saved_meta.get("decoding", decoding.model_dump(mode="json")),
+        "defenses": names,
+        "suites": {s.name: {"kind": s.kind, "n": len(s), "source": str(s.source) if s.source else None} for s in suites},
+        "batch_size": batch_size,
+        "seed": seed,
+        "rejudge": rejudge,
+    }
+    report = build_report(verdicts, kinds, seconds, config, extra, gates)
+    write_report(report, out)
+    log.info("wrote %s", out / "report.json")
+    return report
+
