@@ -620,12 +620,14 @@ class InputDetector(Defense):
 
     def __init__(self, model: MoGUModel, cache_dir: str | Path, data: str | Path | None = None,
                  layers: Sequence[int] | None = None, threshold: float = 0.5, l2: float = 1e-2,
-                 refusal: str = REFUSAL_TEXT, batch_size: int = 16, probe: LinearProbe | None = None) -> None:
+                 refusal: str = REFUSAL_TEXT, batch_size: int = 16, max_examples: int | None = None, seed: int = 0,
+                 probe: LinearProbe | None = None) -> None:
         super().__init__(model)
         self.cache_dir = Path(cache_dir)
         self.data = Path(data) if data is not None else None
         self.layers = list(layers) if layers is not None else None
         self.threshold, self.l2, self.refusal, self.batch_size = float(threshold), float(l2), refusal, int(batch_size)
+        self.max_examples, self.seed = max_examples, int(seed)
         self.probe = probe
         self.forced = probe is not None
 
@@ -636,15 +638,16 @@ class InputDetector(Defense):
         return list(range(max(1, n // 4), max(2, 3 * n // 4 + 1)))
 
     def params(self) -> dict[str, Any]:
-        return {"data": str(self.data) if self.data else None, "layers": self.candidate_layers(), "threshold": self.threshold,
-                "l2": self.l2, "refusal": self.refusal, "forced_probe": self.forced}
+        return {**self._wanted(exclude_base=True), "threshold": self.threshold, "refusal": self.refusal,
+                "forced_probe": self.forced}
 
     def _cached(self) -> bool:
         return (self.cache_dir / "probe.json").is_file()
 
-    def _wanted(self) -> dict[str, Any]:
-        return {"data": str(self.data) if self.data else None, "layers": self.candidate_layers(), "l2": self.l2,
-                "base_fingerprint": self.model.config.base.fingerprint}
+    def _wanted(self, exclude_base: bool = False) -> dict[str, Any]:
+        wanted = {"data": str(self.data) if self.data else None, "layers": self.candidate_layers(), "l2": self.l2,
+                  "max_examples": self.max_examples, "seed": self.seed}
+        return wanted if exclude_base else {**wanted, "base_fingerprint": self.model.config.base.fingerprint}
 
     def info(self) -> dict[str, Any]:
         if self.forced or not self._cached():
@@ -669,6 +672,9 @@ class InputDetector(Defense):
         val = [r for r in records if r.split == "val"]
         if not train or not val:
             raise DefenseError(f"detect-input: the instructions need train and val records; got {len(train)}, {len(val)}")
+        if self.max_examples is not None and self.max_examples < len(train):
+            keep = sorted(random.Random(self.seed).sample(range(len(train)), self.max_examples))
+            train = [train[i] for i in keep]
         layers = self.candidate_layers()
         x_train = last_token_states(self.model, [r.instruction for r in train], layers, self.batch_size)
         x_val = last_token_states(self.model, [r.instruction for r in val], layers, self.batch_size)

@@ -18,6 +18,9 @@ from mogu.eval.judges import Verdict, summarise
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# Keys every report has, per defense and per suite (docs/EVAL.md); later versions only add keys.
+REQUIRED_DEFENSE_KEYS = frozenset({"suites", "harmful_refusal_rate", "benign_refusal_rate", "unparseable", "seconds"})
+REQUIRED_SUITE_KEYS = frozenset({"kind", "n", "refused", "complied", "unparseable", "refusal_rate"})
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -154,9 +157,13 @@ def plot_pareto(report: dict[str, Any], path: Path) -> bool:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     front = report.get("pareto_frontier") or pareto_frontier(points)
-    for name, (x, y) in points.items():
-        ax.scatter([100 * x], [100 * y], color="tab:red" if name in front else "tab:blue", zorder=3)
-        ax.annotate(name, (100 * x, 100 * y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    together: dict[tuple[float, float], list[str]] = {}
+    for name, point in points.items():  # defenses on the same spot share one label
+        together.setdefault(point, []).append(name)
+    for (x, y), group in together.items():
+        on_front = any(n in front for n in group)
+        ax.scatter([100 * x], [100 * y], color="tab:red" if on_front else "tab:blue", zorder=3)
+        ax.annotate("\n".join(group), (100 * x, 100 * y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if front:
         ax.plot([100 * points[n][0] for n in front], [100 * points[n][1] for n in front], color="tab:red",
                 linestyle="--", label="Pareto frontier", zorder=2)
@@ -180,6 +187,9 @@ def plot_gates(gates: dict[str, Any], path: Path) -> None:
     for kind, color in (("harmful", "tab:red"), ("benign", "tab:green")):
         if gates.get(kind):
             ax.plot(gates["layers"], gates[kind], marker="o", color=color, label=f"{kind} (n={gates['n'][kind]})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("mean glad weight (first routed token)")
     ax.set_ylim(-0.05, 1.05)

@@ -163,6 +163,11 @@ def _check_meta(path: Path, meta: dict[str, Any], names: Sequence[str], rejudge:
     return merged
 
 
+def _shared(decoding: DecodingConfig) -> dict[str, Any]:
+    """The decoding settings all defenses share (each defense sets its own mode)."""
+    return decoding.model_dump(mode="json", exclude={"mode", "fixed", "return_gates"})
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -301,7 +306,7 @@ def evaluate(
         # Every defense is built (cheap: nothing is trained here), so that changed settings are caught
         # even for a defense whose answers are all cached.
         defenses_meta = {name: get_defense(name).params() for name in names}
-        meta = {"target": _target_label(target), "decoding": decoding.model_dump(mode="json"), "defenses": defenses_meta}
+        meta = {"target": _target_label(target), "decoding": _shared(decoding), "defenses": defenses_meta}
         _check_meta(gen_dir / "meta.json", meta, names, rejudge)
         for name in names:
             if not todo[name]:
@@ -378,7 +383,7 @@ def evaluate(
     config = {
         "target": _target_label(target),
         "judge": judge.name,
-        "decoding": saved_meta.get("decoding", decoding.model_dump(mode="json")),
+        "decoding": saved_meta.get("decoding", _shared(decoding)),
         "defenses": names,
         "suites": {s.name: {"kind": s.kind, "n": len(s), "source": str(s.source) if s.source else None} for s in suites},
         "batch_size": batch_size,

@@ -25,6 +25,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
+from mogu.jsonl import JsonlError, read_jsonl
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["harmful", "benign"]
@@ -119,20 +121,10 @@ def _read_csv(path: Path) -> list[_Row]:
 
 
 def _read_jsonl(path: Path) -> list[_Row]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SuiteError(f"{where}: invalid JSON: {err}") from err
-            if not isinstance(record, dict):
-                raise SuiteError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            rows.append(_Row(n, where, record))
-    return rows
+    try:
+        return [_Row(n, f"{path}:{n}", record) for n, record in read_jsonl(path)]
+    except JsonlError as err:
+        raise SuiteError(str(err)) from err
 
 
 def _read_json(path: Path) -> list[_Row]:
