@@ -22,6 +22,11 @@ CORPUS = [
 ] * 4
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<eos>"]
 
+# Tiny models run fastest on one thread (and a second thread only spins when the other
+# core is busy); the integration test on the real model restores the default.
+DEFAULT_THREADS = torch.get_num_threads()
+torch.set_num_threads(1)
+
 # model_type -> small config kwargs (vocab_size is filled in from the tokenizer)
 ARCHITECTURES: dict[str, dict] = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),

@@ -164,6 +164,9 @@ def test_sft_adapter_is_trained_once(model, cache, options, monkeypatch):
     again.prepare()
     assert all(torch.equal(defense.state[k], again.state[k]) for k in defense.state)
     assert again.info()["train_examples"] == 12
+    ready = D.make_defense("sft", model, options={"sft": {"path": str(cache / "sft" / "adapter")}})
+    ready.prepare()  # a plain PEFT adapter folder is used as it is
+    assert all(torch.equal(defense.state[k], ready.state[k]) for k in defense.state)
     other = D.make_defense("sft", model, cache_dir=cache, options={"sft": {**options["sft"], "lr": 0.5}})
     with pytest.raises(D.DefenseError, match="other settings"):
         other.prepare()

@@ -288,7 +288,9 @@ class SFTDefense(Defense):
 
     Cache folder: ``adapter/`` (an ordinary PEFT adapter), ``sft.json``
     (config, base fingerprint, selection), ``data.jsonl`` (responses made
-    for the training instructions) and ``train_log.jsonl``.
+    for the training instructions) and ``train_log.jsonl``. A folder that is
+    itself a PEFT LoRA adapter (``adapter_config.json``, same shape as the
+    model's experts) is used as it is.
     """
 
     name = "sft"
@@ -319,6 +321,15 @@ class SFTDefense(Defense):
         if _meta_matches(self.cache_dir / "sft.json", self._wanted()):
             self.state = load_file(str(self.cache_dir / "adapter" / ADAPTER_WEIGHTS))
             log.info("sft: loaded the cached adapter from %s", self.cache_dir)
+            return
+        if (self.cache_dir / "adapter_config.json").is_file():  # a ready PEFT LoRA folder, trained elsewhere
+            saved = self.model.expert_state_dict(SLOT)
+            try:
+                self.model.load_expert(SLOT, self.cache_dir)  # checks r, alpha, modules and shapes
+                self.state = self.model.expert_state_dict(SLOT)
+            finally:
+                _set_expert(self.model, SLOT, saved)
+            log.info("sft: loaded the LoRA adapter %s", self.cache_dir)
             return
         if (self.cache_dir / "adapter").exists():
             raise DefenseError(f"{self.cache_dir / 'adapter'} exists without a matching sft.json; delete it or choose another folder")
@@ -352,6 +363,12 @@ class SFTDefense(Defense):
         cfg, model = self.config, self.model
         started = time.perf_counter()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        pending = self.cache_dir / "sft.pending.json"
+        if pending.is_file() and json.loads(pending.read_text(encoding="utf-8")) != self._wanted():
+            log.info("sft: discarding an interrupted run with other settings in %s", self.cache_dir)
+            shutil.rmtree(self.cache_dir / "work", ignore_errors=True)
+            (self.cache_dir / "data.jsonl").unlink(missing_ok=True)
+        write_json_atomic(pending, self._wanted())
         train, val = self._records()
 
         def target(r) -> str:
@@ -397,6 +414,7 @@ class SFTDefense(Defense):
             "provenance": provenance(),
         })
         shutil.rmtree(work, ignore_errors=True)
+        pending.unlink(missing_ok=True)
         log.info("sft: trained on %d examples, selected step %s, saved to %s", len(train_pairs), result["selected_step"], self.cache_dir)
         return state
 

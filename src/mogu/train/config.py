@@ -49,7 +49,8 @@ class ExpertStageConfig(StageConfig):
     ratio_ceiling: float = Field(5.0, gt=0)
     val_tokens: int = Field(10, ge=1, description="tokens generated per validation instruction to judge behaviour")
     max_fluency_increase: float = Field(
-        1.0, ge=0, description="a checkpoint whose CE on benign answers rose more than this (nats) is not selected"
+        1.0, ge=0, description="a checkpoint whose fluency CE (wanted responses to the other label's validation "
+        "instructions) rose more than this (nats) above the base model's is not selected"
     )
 
 

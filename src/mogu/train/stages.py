@@ -56,7 +56,10 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     wants_harmful = name == "glad"
     train = [r for r in records if r.split == "train" and (r.label == "harmful") == wants_harmful]
     val = [r for r in records if r.split == "val" and (r.label == "harmful") == wants_harmful]
-    fluency_records = [r for r in records if r.split == "val" and r.benign]
+    # Fluency: the expert's CE on its *wanted* kind of response to the other label's validation
+    # instructions (glad: benign answers; unwill: refusals of harmful requests). The unwanted kind
+    # is what the ratio loss pushes away, so it cannot measure fluency.
+    fluency_records = [r for r in records if r.split == "val" and (r.label == "harmful") != wants_harmful]
     max_resp = config.synthesis.max_response_tokens
 
     def wanted(r: Record) -> str:
@@ -70,9 +73,11 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     log_truncated(name, tokenized.truncated)
     n = len(train)
     items = [(tokenized.pairs[i], tokenized.pairs[n + i]) for i in range(n)]
-    fluency_pairs = tokenize_pairs(model, [(r.instruction, r.compliant) for r in fluency_records], config.max_length, max_resp).pairs
+    fluency_pairs = tokenize_pairs(model, [(r.instruction, wanted(r)) for r in fluency_records], config.max_length, max_resp).pairs
     decoding = DecodingConfig(max_new_tokens=stage_cfg.val_tokens, routed_tokens=stage_cfg.val_tokens, mode=name)
-    baseline: dict[str, float] = {}
+    # The expert is still at its initialisation (LoRA B = 0) here, even when the stage resumes
+    # (checkpoints are loaded later), so this is the base model's own fluency.
+    baseline = _mean_ce(model, fluency_pairs, name)
 
     def loss(batch_items: list[tuple[Pair, Pair]]) -> tuple[torch.Tensor, dict[str, float], int]:
         pairs = [w for w, _ in batch_items] + [u for _, u in batch_items]
@@ -89,9 +94,8 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
         rate = refusal_rate(model, [r.instruction for r in val], decoding)
         behaviour = 1 - rate if wants_harmful else rate
         fluency = _mean_ce(model, fluency_pairs, name)
-        baseline.setdefault("fluency", fluency)
-        eligible = fluency - baseline["fluency"] <= stage_cfg.max_fluency_increase
-        metrics = {"comply_rate" if wants_harmful else "refusal_rate": behaviour, "benign_ce": fluency, "eligible": eligible}
+        eligible = fluency - baseline <= stage_cfg.max_fluency_increase
+        metrics = {"comply_rate" if wants_harmful else "refusal_rate": behaviour, "fluency_ce": fluency, "eligible": eligible}
         return ((behaviour, -fluency) if eligible else None), metrics
 
     return Stage(name, stage_cfg, items, loss, validate)
