@@ -151,3 +151,15 @@ def test_folded_paper_router_is_the_same_function(tiny_dir, tiny_tokenizer, tmp_
     with torch.no_grad(), folded.mode("mogu", record=True):
         assert torch.allclose(folded(**inputs).logits, before, atol=1e-4)
         assert torch.allclose(folded.gates(), gates, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", ["paper", "linear"])
+def test_router_set_linear_is_exact(shape):
+    from mogu.model.router import Router
+
+    router = Router(12, RouterConfig(shape=shape, hidden=8, input_norm=False))
+    w_u, w_g = torch.randn(12), torch.randn(12)
+    router.set_linear(unwill=(w_u, torch.tensor(0.3)), glad=(w_g, torch.tensor(-0.2)))
+    x = torch.randn(5, 12)
+    expected = torch.sigmoid(torch.stack([x @ w_u + 0.3, x @ w_g - 0.2], dim=-1))
+    assert torch.allclose(router(x), expected, atol=1e-5)

@@ -42,6 +42,34 @@ class Router(nn.Module):
         logits = torch.cat([self.unwill(h), self.glad(h)], dim=-1)
         return torch.sigmoid(logits)
 
+    def set_linear(self, unwill: tuple[torch.Tensor, torch.Tensor], glad: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Make each scorer compute ``w . x + b`` for the given (w (d,), b) pairs, exactly.
+
+        For the paper's shape the three factors are set so that their product is
+        ``w``: the first two project onto an orthonormal basis U whose first
+        vector is along ``w`` (W2 W1 = U U^T, which leaves ``w`` unchanged), the
+        last is ``w`` itself. The other basis vectors are random, so gradients
+        still reach every direction when training continues.
+        """
+        with torch.no_grad():
+            for scorer, (w, b) in ((self.unwill, unwill), (self.glad, glad)):
+                w = w.to(torch.float32).reshape(-1)
+                if isinstance(scorer, nn.Linear):
+                    scorer.weight.copy_(w[None])
+                    scorer.bias.fill_(float(b))
+                    continue
+                first, second, third = scorer
+                d, k = w.numel(), min(first.out_features, w.numel())
+                basis = torch.cat([w[:, None], torch.randn(d, k - 1, generator=torch.Generator().manual_seed(0))], dim=1)
+                u, _ = torch.linalg.qr(basis)  # (d, k), first column along w
+                first.weight.zero_()
+                first.weight[:k] = u.T
+                second.weight.zero_()
+                second.weight[:, :k] = u
+                second.bias.zero_()
+                third.weight.copy_(w[None])
+                third.bias.fill_(float(b))
+
     def fold(self) -> Router:
         """The same function as a ``linear`` router (equal up to float rounding).
 

@@ -19,6 +19,7 @@ from mogu.train.batches import Pair, collate, decision_mask, sequence_ce, tokeni
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig
 from mogu.train.data import Record
 from mogu.train.loop import Stage
+from mogu.train.router_init import warm_start_routers
 
 _judge = RefusalJudge()
 
@@ -113,6 +114,8 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     tokenized = tokenize_pairs(model, [(r.instruction, target(r)) for r in train], config.max_length, max_resp)
     log_truncated("router", tokenized.truncated)
     items = [(pair, r.benign) for pair, r in zip(tokenized.pairs, train)]
+    if stage_cfg.probe_init:
+        warm_start_routers(model, items, config.routed_tokens, stage_cfg.probe_l2, stage_cfg.probe_steps)
     val_pairs = tokenize_pairs(model, [(r.instruction, target(r)) for r in val], config.max_length, max_resp).pairs
     decoding = DecodingConfig(max_new_tokens=config.glad.val_tokens, routed_tokens=config.routed_tokens)
 

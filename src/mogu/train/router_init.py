@@ -1,0 +1,102 @@
+"""Warm start of the routers: a linear probe per layer, fitted on the router's own inputs.
+
+Trained from a blank start with CE + alpha * gate loss, the routers hardly move
+in the few hundred steps a CPU budget allows: they drift towards "mostly glad"
+everywhere instead of separating harmful from benign (gate accuracy ~0.6 on
+the default model). Yet each router is only a linear scorer on the input of
+its projection, i.e. a linear probe, and harmful vs benign instructions are
+linearly separable there. So before the router stage the inputs each router
+sees at the routed positions are collected in one forward pass, a logistic
+regression is fitted per layer (glad scorer: benign, unwill scorer: harmful),
+and the result is written into the routers (``Router.set_linear``, exact for
+both router shapes). The router stage then fine-tunes from there with the
+method's loss, and validation decides which checkpoint is kept (the warm start
+itself included).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from mogu.model import MoGUModel
+from mogu.train.batches import Pair, collate
+
+log = logging.getLogger(__name__)
+
+
+def collect_router_inputs(
+    model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, batch_size: int = 16
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Router inputs at the first ``positions`` decision positions of each example.
+
+    Returns ({layer: (N, d) float32}, benign labels (N,)). Collected in mode
+    ``mogu`` with the routers as they are (fresh routers give weights 0.5).
+    """
+    captured: dict[int, list[torch.Tensor]] = {layer.layer_index: [] for layer in model.layers}
+    current: dict[str, torch.Tensor] = {}
+
+    def hook(layer_index: int):
+        def grab(_module, args):
+            captured[layer_index].append(args[0][current["rows"], current["cols"]].detach().float().cpu())
+
+        return grab
+
+    handles = [layer.router.register_forward_pre_hook(hook(layer.layer_index)) for layer in model.layers]
+    labels = []
+    try:
+        with torch.no_grad(), model.mode("mogu"):
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                batch = collate([p for p, _ in chunk], model.tokenizer.pad_token_id)
+                rows, cols = [], []
+                for row, (pair, benign) in enumerate(chunk):
+                    first = len(pair.prompt) - 1  # the last prompt token chooses the first response token
+                    for col in range(first, min(first + positions, len(pair.prompt) + len(pair.response) - 1)):
+                        rows.append(row)
+                        cols.append(col)
+                        labels.append(benign)
+                current["rows"], current["cols"] = torch.tensor(rows), torch.tensor(cols)
+                batch.pop("labels")
+                model(**{k: v.to(model.device) for k, v in batch.items()})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {k: torch.cat(v) for k, v in captured.items()}, torch.tensor(labels, dtype=torch.float32)
+
+
+def fit_probe(features: torch.Tensor, benign: torch.Tensor, l2: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logistic regression of ``benign`` on RMS-normalised features: (weight (d,), bias ())."""
+    x = features * torch.rsqrt(features.pow(2).mean(-1, keepdim=True) + 1e-6)
+    weight = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    balance = torch.where(benign > 0.5, 0.5 / benign.mean(), 0.5 / (1 - benign).mean())
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weight + bias, benign, weight=balance)
+        loss = loss + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def warm_start_routers(model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, l2: float, steps: int) -> dict:
+    """Fit and install a probe per layer; returns the training accuracy per layer."""
+    if not model.config.router.input_norm:
+        raise ValueError("the router warm start fits RMS-normalised inputs; set router.input_norm = true or disable probe_init")
+    features, benign = collect_router_inputs(model, items, positions)
+    accuracy = {}
+    for layer in model.layers:
+        w, b = fit_probe(features[layer.layer_index], benign, l2, steps)
+        layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
+        x = features[layer.layer_index]
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
+    log.info("router warm start: probe accuracy per layer (train) min %.3f, mean %.3f, max %.3f",
+             min(accuracy.values()), sum(accuracy.values()) / len(accuracy), max(accuracy.values()))
+    return accuracy
