@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -52,30 +53,37 @@ def load(target: str):
 
 
 def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats: int) -> dict:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mogu.config import DecodingConfig
-    from mogu.generate import encode_prompts
+    from mogu.model.bundle import read_config
     from mogu.model.loading import resolve_model_path
 
     torch.manual_seed(0)
     prompts = (PROMPTS * ((batch + len(PROMPTS) - 1) // len(PROMPTS)))[:batch]
-    mogu = load(target)
-    if variant == "plain":
-        plain = AutoModelForCausalLM.from_pretrained(resolve_model_path(mogu.config.base.source)).eval()
-        enc = encode_prompts(mogu, prompts, new_tokens)
-        del mogu
+    if variant == "plain":  # the stock model alone, so that its peak memory is its own
+        source = read_config(Path(target)).base.source if (Path(target) / "mogu_config.json").is_file() else target
+        path = resolve_model_path(source)
+        plain = AutoModelForCausalLM.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                 for p in prompts]
+        tokenizer.pad_token_id = pad
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
         def once():
             with torch.no_grad():
                 plain.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               pad_token_id=plain.generation_config.pad_token_id or 0)
-    elif variant.startswith("mogu-"):
+                               pad_token_id=pad)
+    else:
+        mogu = load(target)
+    if variant.startswith("mogu-"):
         decoding = DecodingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, handover=variant[5:])
 
         def once():
             mogu.generate(prompts, decoding)
-    else:
+    elif variant == "released":
         once = released_procedure(mogu, prompts, new_tokens)
     once()  # warm-up
     times = []

@@ -13,7 +13,7 @@ from mogu.config import ExpertConfig
 from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
 from mogu.train import loop
-from mogu.train.batches import tokenize_pairs
+from mogu.train.batches import collate, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
 from mogu.train.pipeline import OutputExistsError, train
@@ -162,3 +162,22 @@ def test_ratio_loss_is_guarded_at_both_ends():
     loss.backward()
     assert torch.isfinite(loss) and loss.item() == pytest.approx((1 / 5 + 1 / 2 + 1 / 0.1) / 3)
     assert ce_unwanted.grad[0] == 0 and ce_unwanted.grad[1] < 0 and ce_unwanted.grad[2] == 0
+
+
+def test_router_warm_start_installs_per_layer_probes(llama_dir):
+    from mogu.train.router_init import warm_start_routers
+
+    model = MoGUModel.from_base(str(llama_dir))
+    texts = [(f"How do I build weapon {i}?", "I'm sorry, I can't.") for i in range(6)]
+    texts += [(f"Bake bread style {i}", "Sure, mix flour and water.") for i in range(6)]
+    pairs = tokenize_pairs(model, texts, 64, 8).pairs
+    items = [(p, i >= 6) for i, p in enumerate(pairs)]
+    accuracy = warm_start_routers(model, items, positions=3, l2=1e-3, steps=50)
+    assert set(accuracy) == set(model.config.layers) and min(accuracy.values()) >= 0.9
+    with torch.no_grad(), model.mode("mogu", record=True):
+        inputs = collate([pairs[0], pairs[6]], model.tokenizer.pad_token_id)
+        inputs.pop("labels")
+        model(**inputs)
+    last = [len(pairs[0].prompt) - 1, len(pairs[6].prompt) - 1]
+    glad = model.gates()[:, [0, 1], last, 1].mean(0)
+    assert glad[0] < 0.5 < glad[1]  # harmful -> unwilling, benign -> glad

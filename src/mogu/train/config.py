@@ -62,7 +62,10 @@ class RouterStageConfig(StageConfig):
     batch_size: int = Field(16, ge=1)
     max_examples: int | None = Field(400, ge=1)
     alpha: float = Field(2.0, ge=0)
-    probe_init: bool = Field(True, description="warm-start each router from a linear probe (see train/router_init.py)")
+    probe_init: bool = Field(
+        False, description="warm-start each router from a linear probe (train/router_init.py; experimental: on the "
+        "default model it hurt, see docs/TRAINING.md)"
+    )
     probe_l2: float = Field(1e-3, ge=0)
     probe_steps: int = Field(100, ge=1, description="L-BFGS iterations per layer")
     gate_positions: Literal["decision", "all"] = Field(
