@@ -13,7 +13,7 @@ from mogu.config import ExpertConfig
 from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
 from mogu.train import loop
-from mogu.train.batches import collate, tokenize_pairs
+from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
 from mogu.train.pipeline import OutputExistsError, train
@@ -181,3 +181,15 @@ def test_router_warm_start_installs_per_layer_probes(llama_dir):
     last = [len(pairs[0].prompt) - 1, len(pairs[6].prompt) - 1]
     glad = model.gates()[:, [0, 1], last, 1].mean(0)
     assert glad[0] < 0.5 < glad[1]  # harmful -> unwilling, benign -> glad
+
+
+def test_gate_mask_positions():
+    labels = torch.full((2, 8), IGNORE)
+    labels[0, 3:7] = 1  # prompt 0-2, response 3-6, padding 7
+    labels[1, 2:8] = 1
+    attention = torch.tensor([[1] * 7 + [0], [1] * 8])
+    decision = gate_mask(labels, attention, "decision", 2)
+    assert decision[0].nonzero().flatten().tolist() == [2, 3, 4, 5]  # last prompt token .. second-last response token
+    assert gate_mask(labels, attention, "routed", 2)[0].nonzero().flatten().tolist() == [2, 3]
+    assert gate_mask(labels, attention, "routed", 2)[1].nonzero().flatten().tolist() == [1, 2]
+    assert gate_mask(labels, attention, "all", 2).equal(attention.bool())

@@ -83,3 +83,13 @@ def decision_mask(labels: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros_like(labels, dtype=torch.bool)
     mask[:, :-1] = labels[:, 1:] != IGNORE
     return mask
+
+
+def gate_mask(labels: torch.Tensor, attention_mask: torch.Tensor, which: str, routed_tokens: int) -> torch.Tensor:
+    """Positions under the router's gate loss (see ``RouterStageConfig.gate_positions``)."""
+    if which == "all":
+        return attention_mask.bool()
+    mask = decision_mask(labels)
+    if which == "routed":
+        mask &= mask.cumsum(dim=1) <= routed_tokens
+    return mask

@@ -68,10 +68,11 @@ class RouterStageConfig(StageConfig):
     )
     probe_l2: float = Field(1e-3, ge=0)
     probe_steps: int = Field(100, ge=1, description="L-BFGS iterations per layer")
-    gate_positions: Literal["decision", "all"] = Field(
+    gate_positions: Literal["decision", "routed", "all"] = Field(
         "decision",
         description="positions under the gate loss: 'decision' = the positions whose output chooses a response "
-        "token (last prompt token onwards), 'all' = every position as in the released code",
+        "token (last prompt token onwards), 'routed' = only the first routed_tokens of those (the ones routed at "
+        "inference), 'all' = every position as in the released code",
     )
 
 

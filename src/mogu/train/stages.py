@@ -15,7 +15,7 @@ import torch
 from mogu.config import DecodingConfig
 from mogu.eval.judges import RefusalJudge
 from mogu.model import MoGUModel
-from mogu.train.batches import Pair, collate, decision_mask, sequence_ce, tokenize_pairs
+from mogu.train.batches import Pair, collate, gate_mask, sequence_ce, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig
 from mogu.train.data import Record
 from mogu.train.loop import Stage
@@ -130,7 +130,7 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
             ce = sequence_ce(model(**batch).logits, labels)
         gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
         model.state.gates.clear()
-        positions = decision_mask(labels) if stage_cfg.gate_positions == "decision" else batch["attention_mask"].bool()
+        positions = gate_mask(labels, batch["attention_mask"], stage_cfg.gate_positions, config.routed_tokens)
         return ce, gates, positions, batch
 
     def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The docs/RESULTS.md run (see there). BUNDLE defaults to the bundle the pipeline benchmark trains.
+set -euo pipefail
+BUNDLE=${1:-runs/bench-bundle}
+D=${MOGU_SHARED_DATASETS:-../shared/datasets}
+exec mogu eval "$BUNDLE" \
+  --harmful "$D/advbench.csv:name=advbench:limit=100" \
+  --harmful "$D/xstest_prompts.csv:where=label=unsafe:name=xstest-unsafe:limit=50" \
+  --harmful "$D/jailbreak/jbb_attack_prompts.jsonl:where=method=PAIR:name=jbb-pair" \
+  --harmful "$D/jailbreak/jbb_attack_prompts.jsonl:where=method=GCG:name=jbb-gcg:limit=50" \
+  --benign "$D/xstest_prompts.csv:where=label=safe:name=xstest-safe:limit=100" \
+  --benign "$D/just_eval_regular.jsonl:name=just-eval:limit=200" \
+  --defense none,self-reminder,icd,sft,safedecoding,detect-input,mogu-fixed,mogu \
+  --max-new-tokens 24 --batch-size 16 --out "${2:-runs/eval-results}"
