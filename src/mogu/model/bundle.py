@@ -28,6 +28,7 @@ import torch
 from peft import LoraConfig
 from pydantic import ValidationError
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -35,6 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mogu.config import EXPERTS, ExpertConfig, Mode, MoGUConfig, RouterConfig, provenance, write_json_atomic
 from mogu.model.layer import MoGULayer, RoutingState
 from mogu.model.loading import DEFAULT_MODEL, load_base
+from mogu.model.router import fold_state_dict
 from mogu.model.targets import find_targets
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise BundleError(f"corrupt safetensors file {path}: {err}") from err
+
+
+_PAPER_KEYS = tuple(f"{s}.{i}.{p}" for s in ("unwill", "glad") for i, p in ((0, "weight"), (1, "weight"), (1, "bias"), (2, "weight"), (2, "bias")))
 
 
 class MoGUModel(nn.Module):
@@ -175,12 +180,13 @@ class MoGUModel(nn.Module):
                 f"{path} was built on base model {config.base.source!r} (fingerprint {config.base.fingerprint[:12]}), "
                 f"but {loaded.info.source!r} has fingerprint {loaded.info.fingerprint[:12]}: a different model"
             )
+        fold = fold_routers and config.router.shape == "paper"
+        if fold:  # build linear routers and fold the saved ones into them: the paper shape is never allocated
+            config = config.model_copy(update={"router": config.router.model_copy(update={"shape": "linear"})})
         model = cls(loaded.model, loaded.tokenizer, config)
         for name in EXPERTS:
             model.load_expert(name, path / name)
-        model.load_router(path / ROUTER_NAME)
-        if fold_routers:
-            model.fold_routers()
+        model.load_router(path / ROUTER_NAME, fold=fold)
         return model
 
     def fold_routers(self) -> None:
@@ -341,20 +347,31 @@ class MoGUModel(nn.Module):
             for key, value in layer.router.state_dict().items()
         }
 
-    def load_router(self, path: Path) -> None:
-        weights = _load_safetensors(path)
-        expected = self.router_state_dict()
-        if set(weights) != set(expected):
+    def load_router(self, path: Path, fold: bool = False) -> None:
+        """Load ``router.safetensors``; ``fold``: it holds paper-shape routers, fold them into this model's linear ones.
+
+        Read one layer at a time (the paper shape is ~4.7 MB per layer at d=576),
+        so loading never holds a second copy of all routers.
+        """
+        expected = {f"layers.{layer.layer_index}.{key}" for layer in self.layers
+                    for key in (_PAPER_KEYS if fold else layer.router.state_dict())}
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                names = set(handle.keys())
+        except (SafetensorError, OSError, ValueError) as err:
+            raise BundleError(f"corrupt safetensors file {path}: {err}" if path.is_file() else f"missing file: {path}") from err
+        if names != expected:
             raise BundleError(
-                f"{path}: router weights do not fit this model (router shape {self.config.router.shape!r}, "
+                f"{path}: router weights do not fit this model (router shape {'paper' if fold else self.config.router.shape!r}, "
                 f"layers {self.config.layers})"
             )
         for layer in self.layers:
             prefix = f"layers.{layer.layer_index}."
-            state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
             try:
-                layer.router.load_state_dict(state)
-            except RuntimeError as err:
+                with safe_open(str(path), framework="pt") as handle:
+                    state = {k[len(prefix):]: handle.get_tensor(k) for k in names if k.startswith(prefix)}
+                layer.router.load_state_dict(fold_state_dict(state) if fold else state)
+            except (SafetensorError, OSError, ValueError, RuntimeError) as err:
                 raise BundleError(f"{path}: {err}") from err
 
     # ----------------------------------------------------------------- saving

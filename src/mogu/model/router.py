@@ -80,10 +80,17 @@ class Router(nn.Module):
         if self.cfg.shape == "linear":
             return self
         folded = Router(self.in_features, self.cfg.model_copy(update={"shape": "linear"}))
-        with torch.no_grad():
-            for name in ("unwill", "glad"):
-                first, second, third = getattr(self, name)
-                target = getattr(folded, name)
-                target.weight.copy_(third.weight @ second.weight @ first.weight)
-                target.bias.copy_(third.weight @ second.bias + third.bias)
-        return folded.to(third.weight.device)
+        folded.load_state_dict(fold_state_dict(self.state_dict()))
+        return folded.to(self.unwill[-1].weight.device)
+
+
+def fold_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A paper-shape router's state dict as the equivalent linear router's (see ``Router.fold``)."""
+    folded = {}
+    with torch.no_grad():
+        for name in ("unwill", "glad"):
+            w1, w2, b2 = state[f"{name}.0.weight"], state[f"{name}.1.weight"], state[f"{name}.1.bias"]
+            w3, b3 = state[f"{name}.2.weight"], state[f"{name}.2.bias"]
+            folded[f"{name}.weight"] = (w3 @ w2) @ w1
+            folded[f"{name}.bias"] = w3 @ b2 + b3
+    return folded
