@@ -43,13 +43,18 @@ PROMPTS = [
 ]
 
 
+def is_bundle(target: str) -> bool:
+    from mogu.model.bundle import CONFIG_NAME
+
+    return (Path(target) / CONFIG_NAME).is_file()
+
+
 def load(target: str):
+    """A bundle (its routers folded to the linear shape on load), or fresh linear routers on a base model."""
+    from mogu.config import RouterConfig
     from mogu.model import MoGUModel
 
-    model = MoGUModel.load(target)
-    if model.config.router.shape != "linear":
-        model.fold_routers()
-    return model
+    return MoGUModel.from_pretrained(target) if is_bundle(target) else MoGUModel.from_base(target, router=RouterConfig(shape="linear"))
 
 
 def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats: int) -> dict:
@@ -57,19 +62,19 @@ def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats:
 
     from mogu.config import DecodingConfig
     from mogu.model.bundle import read_config
+    from mogu.model.chat import format_chat
     from mogu.model.loading import resolve_model_path
 
     torch.manual_seed(0)
     prompts = (PROMPTS * ((batch + len(PROMPTS) - 1) // len(PROMPTS)))[:batch]
     if variant == "plain":  # the stock model alone, so that its peak memory is its own
-        source = read_config(Path(target)).base.source if (Path(target) / "mogu_config.json").is_file() else target
-        path = resolve_model_path(source)
+        path = resolve_model_path(read_config(Path(target)).base.source if is_bundle(target) else target)
         plain = AutoModelForCausalLM.from_pretrained(path).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                 for p in prompts]
-        tokenizer.pad_token_id = pad
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token_id = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        texts = [format_chat(tokenizer, p) for p in prompts]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
         def once():

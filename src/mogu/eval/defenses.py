@@ -49,6 +49,7 @@ from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel
 from mogu.model.bundle import ADAPTER_WEIGHTS, PEFT_PREFIX
 from mogu.model.chat import ChatInput, format_chat
+from mogu.probe import fit_logistic
 
 log = logging.getLogger(__name__)
 
@@ -583,27 +584,11 @@ class LinearProbe:
 
 
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, layer: int, l2: float = 1e-2, steps: int = 100) -> LinearProbe:
-    """Class-balanced L2-regularised logistic regression (LBFGS) on standardised features."""
+    """Class-balanced L2-regularised logistic regression (``mogu.probe``) on standardised features."""
     x = features.float()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    x = (x - mean) / std
-    y = labels.float()
-    positive = y.mean().clamp(1e-6, 1 - 1e-6)
-    sample_weight = torch.where(y > 0, 0.5 / positive, 0.5 / (1 - positive))
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, weight=sample_weight)
-        loss = bce + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return LinearProbe(layer, w.detach(), float(b.detach()), mean, std)
+    w, b = fit_logistic((x - mean) / std, labels, l2, steps)
+    return LinearProbe(layer, w, b, mean, std)
 
 
 def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:

@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mogu.config import EXPERTS, ExpertConfig, Mode, MoGUConfig, RouterConfig, provenance, write_json_atomic
 from mogu.model.layer import MoGULayer, RoutingState
 from mogu.model.loading import DEFAULT_MODEL, load_base
-from mogu.model.router import fold_state_dict
+from mogu.model.router import PAPER_KEYS, fold_state_dict
 from mogu.model.targets import find_targets
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,6 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise BundleError(f"corrupt safetensors file {path}: {err}") from err
-
-
-_PAPER_KEYS = tuple(f"{s}.{i}.{p}" for s in ("unwill", "glad") for i, p in ((0, "weight"), (1, "weight"), (1, "bias"), (2, "weight"), (2, "bias")))
 
 
 class MoGUModel(nn.Module):
@@ -169,8 +166,8 @@ class MoGUModel(nn.Module):
         """Load a bundle; ``base`` overrides where the base model is loaded from.
 
         ``fold_routers`` collapses paper-shape routers into the equivalent linear
-        ones (see ``Router.fold``): the same outputs, for inference; pass False to
-        keep training the original parameterisation.
+        ones (``router.fold_state_dict``): the same outputs, for inference; pass
+        False to keep training the original parameterisation.
         """
         path = Path(path)
         config = read_config(path)
@@ -188,12 +185,6 @@ class MoGUModel(nn.Module):
             model.load_expert(name, path / name)
         model.load_router(path / ROUTER_NAME, fold=fold)
         return model
-
-    def fold_routers(self) -> None:
-        """Replace every router by its folded linear form (``Router.fold``)."""
-        for layer in self.layers:
-            layer.router = layer.router.fold()
-        self.config.router = self.layers[0].router.cfg if self.layers else self.config.router
 
     @classmethod
     def load(cls, target: str | Path, **kwargs) -> MoGUModel:
@@ -350,16 +341,20 @@ class MoGUModel(nn.Module):
     def load_router(self, path: Path, fold: bool = False) -> None:
         """Load ``router.safetensors``; ``fold``: it holds paper-shape routers, fold them into this model's linear ones.
 
-        Read one layer at a time (the paper shape is ~4.7 MB per layer at d=576),
-        so loading never holds a second copy of all routers.
+        Read one layer at a time, reopening the file for each: the pages of a
+        memory-mapped file stay resident while it is open, and the paper shape
+        is 142 MB at d=576, which would otherwise add to the peak memory of
+        every bundle load.
         """
+        if not path.is_file():
+            raise BundleError(f"missing file: {path}")
         expected = {f"layers.{layer.layer_index}.{key}" for layer in self.layers
-                    for key in (_PAPER_KEYS if fold else layer.router.state_dict())}
+                    for key in (PAPER_KEYS if fold else layer.router.state_dict())}
         try:
             with safe_open(str(path), framework="pt") as handle:
                 names = set(handle.keys())
         except (SafetensorError, OSError, ValueError) as err:
-            raise BundleError(f"corrupt safetensors file {path}: {err}" if path.is_file() else f"missing file: {path}") from err
+            raise BundleError(f"corrupt safetensors file {path}: {err}") from err
         if names != expected:
             raise BundleError(
                 f"{path}: router weights do not fit this model (router shape {'paper' if fold else self.config.router.shape!r}, "

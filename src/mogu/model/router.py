@@ -8,6 +8,11 @@ from torch import nn
 from mogu.config import RouterConfig
 
 
+def rms_normalise(x: torch.Tensor) -> torch.Tensor:
+    """What a router with ``input_norm`` actually scores: the input divided by its root mean square."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
 def _scorer(d: int, cfg: RouterConfig) -> nn.Module:
     if cfg.shape == "linear":
         return nn.Linear(d, 1)
@@ -36,9 +41,7 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the gate weights, shape ``(*x.shape[:-1], 2)``: [..., 0] unwill, [..., 1] glad."""
-        h = x.float()
-        if self.input_norm:
-            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        h = rms_normalise(x.float()) if self.input_norm else x.float()
         logits = torch.cat([self.unwill(h), self.glad(h)], dim=-1)
         return torch.sigmoid(logits)
 
@@ -70,22 +73,18 @@ class Router(nn.Module):
                 third.weight.copy_(w[None])
                 third.bias.fill_(float(b))
 
-    def fold(self) -> Router:
-        """The same function as a ``linear`` router (equal up to float rounding).
 
-        The paper's scorer Linear(d, h, no bias) -> Linear(h, d) -> Linear(d, 1)
-        has no non-linearity, so it collapses to one Linear(d, 1): about 2 x 590k
-        fewer parameters per layer at d=576, and less work per token at inference.
-        """
-        if self.cfg.shape == "linear":
-            return self
-        folded = Router(self.in_features, self.cfg.model_copy(update={"shape": "linear"}))
-        folded.load_state_dict(fold_state_dict(self.state_dict()))
-        return folded.to(self.unwill[-1].weight.device)
+# The paper-shape parameter names of one router, as in ``Router(..., shape="paper").state_dict()``.
+PAPER_KEYS = tuple(f"{s}.{i}.{p}" for s in ("unwill", "glad") for i, p in ((0, "weight"), (1, "weight"), (1, "bias"), (2, "weight"), (2, "bias")))
 
 
 def fold_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A paper-shape router's state dict as the equivalent linear router's (see ``Router.fold``)."""
+    """A paper-shape router's state dict as the equivalent ``linear`` router's (equal up to float rounding).
+
+    The paper's scorer Linear(d, h, no bias) -> Linear(h, d) -> Linear(d, 1)
+    has no non-linearity, so it collapses to one Linear(d, 1): about 2 x 590k
+    fewer parameters per layer at d=576, and less work per token at inference.
+    """
     folded = {}
     with torch.no_grad():
         for name in ("unwill", "glad"):

@@ -66,7 +66,7 @@ class RouterStageConfig(StageConfig):
         False, description="warm-start each router from a linear probe (train/router_init.py; experimental: on the "
         "default model it hurt, see docs/TRAINING.md)"
     )
-    probe_l2: float = Field(1e-3, ge=0)
+    probe_l2: float = Field(2e-3, ge=0, description="L2 strength of the probes (mogu.probe.fit_logistic: l2/2 * |w|^2)")
     probe_steps: int = Field(100, ge=1, description="L-BFGS iterations per layer")
     gate_positions: Literal["decision", "routed", "all"] = Field(
         "decision",

@@ -21,6 +21,8 @@ import logging
 import torch
 
 from mogu.model import MoGUModel
+from mogu.model.router import rms_normalise
+from mogu.probe import fit_logistic
 from mogu.train.batches import Pair, collate
 
 log = logging.getLogger(__name__)
@@ -66,25 +68,6 @@ def collect_router_inputs(
     return {k: torch.cat(v) for k, v in captured.items()}, torch.tensor(labels, dtype=torch.float32)
 
 
-def fit_probe(features: torch.Tensor, benign: torch.Tensor, l2: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logistic regression of ``benign`` on RMS-normalised features: (weight (d,), bias ())."""
-    x = features * torch.rsqrt(features.pow(2).mean(-1, keepdim=True) + 1e-6)
-    weight = torch.zeros(x.shape[1], requires_grad=True)
-    bias = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-    balance = torch.where(benign > 0.5, 0.5 / benign.mean(), 0.5 / (1 - benign).mean())
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weight + bias, benign, weight=balance)
-        loss = loss + l2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return weight.detach(), bias.detach()
-
-
 def warm_start_routers(model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, l2: float, steps: int) -> dict:
     """Fit and install a probe per layer; returns the training accuracy per layer."""
     if not model.config.router.input_norm:
@@ -92,10 +75,9 @@ def warm_start_routers(model: MoGUModel, items: list[tuple[Pair, bool]], positio
     features, benign = collect_router_inputs(model, items, positions)
     accuracy = {}
     for layer in model.layers:
-        w, b = fit_probe(features[layer.layer_index], benign, l2, steps)
+        x = rms_normalise(features[layer.layer_index])  # what the router will score
+        w, b = fit_logistic(x, benign, l2, steps)
         layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
-        x = features[layer.layer_index]
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
         accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
     log.info("router warm start: probe accuracy per layer (train) min %.3f, mean %.3f, max %.3f",
              min(accuracy.values()), sum(accuracy.values()) / len(accuracy), max(accuracy.values()))
