@@ -17,7 +17,7 @@ from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
 from mogu.train.pipeline import OutputExistsError, train
-from mogu.train.stages import ratio_loss
+from mogu.train.stages import ratio_loss, router_gate_loss
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -193,3 +193,19 @@ def test_gate_mask_positions():
     assert gate_mask(labels, attention, "routed", 2)[0].nonzero().flatten().tolist() == [2, 3]
     assert gate_mask(labels, attention, "routed", 2)[1].nonzero().flatten().tolist() == [1, 2]
     assert gate_mask(labels, attention, "all", 2).equal(attention.bool())
+
+
+def test_gate_loss_bce_keeps_a_gradient_where_mse_saturates():
+    # one benign example, one layer, two positions; the glad gate saturated on the wrong side
+    logits = torch.tensor([[[[-12.0, -12.0], [3.0, 0.0]]]], requires_grad=True)  # (B1, L1, T2, 2)
+    positions = torch.tensor([[True, False]])  # only position 0 counts
+    grads = {}
+    for kind in ("mse", "bce"):
+        logits.grad = None
+        loss = router_gate_loss(torch.sigmoid(logits), [True], positions, kind)
+        loss.backward()
+        grads[kind] = logits.grad.clone()
+    assert grads["mse"][0, 0, 1].abs().max() == 0 and grads["bce"][0, 0, 1].abs().max() == 0  # masked position
+    assert abs(grads["mse"][0, 0, 0, 1]) < 1e-4  # squared error: the wrong-side gate hardly moves
+    assert grads["bce"][0, 0, 0, 1] == pytest.approx(-1.0, abs=1e-3)  # cross-entropy: full gradient towards glad
+    assert router_gate_loss(torch.tensor([[[[0.0, 1.0]]]]), [True], torch.tensor([[True]]), "bce") < 1e-5

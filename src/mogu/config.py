@@ -43,13 +43,17 @@ class RouterConfig(StrictModel):
 
     ``paper``: Linear(d, hidden, no bias) -> Linear(hidden, d) -> Linear(d, 1),
     as released by the authors (a linear map, heavily over-parameterised).
-    ``linear``: Linear(d, 1), the same function class with d + 1 parameters.
+    ``linear``: Linear(d, 1), the same function class with d + 1 parameters,
+    the default: under Adam the paper's three factors move their product far
+    faster than one vector does, and on the default model paper-shape routers
+    saturated into per-layer constants (docs/TRAINING.md). A trained
+    paper-shape router is folded into this shape when a bundle is loaded.
     ``input_norm`` divides the router input by its RMS: the input of the
     attention output projection is not normalised, and its scale differs from
     layer to layer, which makes a shared learning rate a poor fit.
     """
 
-    shape: Literal["paper", "linear"] = "paper"
+    shape: Literal["paper", "linear"] = "linear"
     hidden: int = Field(512, ge=1)
     input_norm: bool = True
     init_bias: float = Field(0.0, description="initial logit of both scorers (0 -> weight 0.5)")

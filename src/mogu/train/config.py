@@ -57,17 +57,22 @@ class ExpertStageConfig(StageConfig):
 class RouterStageConfig(StageConfig):
     """Routers only: CE(response under the mixed model) + alpha * gate loss."""
 
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     max_examples: int | None = Field(400, ge=1)
     alpha: float = Field(2.0, ge=0)
     probe_init: bool = Field(
-        False, description="warm-start each router from a linear probe (train/router_init.py; experimental: on the "
-        "default model it hurt, see docs/TRAINING.md)"
+        True, description="warm-start each router from a linear probe on its own inputs (train/router_init.py); "
+        "the few hundred gradient steps a CPU allows do not separate the classes from a blank start"
     )
     probe_l2: float = Field(2e-3, ge=0, description="L2 strength of the probes (mogu.probe.fit_logistic: l2/2 * |w|^2)")
     probe_steps: int = Field(100, ge=1, description="L-BFGS iterations per layer")
+    gate_loss: Literal["mse", "bce"] = Field(
+        "bce",
+        description="'mse': squared error of the sigmoid gates against their targets, as in MoGU; 'bce': binary "
+        "cross-entropy, whose gradient does not vanish when a gate saturates on the wrong side",
+    )
     gate_positions: Literal["decision", "routed", "all"] = Field(
         "decision",
         description="positions under the gate loss: 'decision' = the positions whose output chooses a response "

@@ -102,6 +102,25 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     return Stage(name, stage_cfg, items, loss, validate)
 
 
+def router_gate_loss(gates: torch.Tensor, benign: list[bool], positions: torch.Tensor, kind: str) -> torch.Tensor:
+    """MoGU's gate loss: err(w_unwill, t_unwill) + err(w_glad, t_glad), each averaged over layers and the
+    masked positions; targets (0, 1) for benign, (1, 0) for harmful.
+
+    ``gates`` is (batch, layers, seq, 2), ``positions`` (batch, seq) bool. ``kind`` "mse" is the paper's
+    squared error, "bce" the binary cross-entropy (see ``RouterStageConfig.gate_loss``).
+    """
+    targets = torch.tensor([[0.0, 1.0] if b else [1.0, 0.0] for b in benign], device=gates.device)
+    targets = targets[:, None, None, :].expand_as(gates)
+    if kind == "bce":
+        # written out: torch's binary_cross_entropy refuses to run under CUDA autocast
+        p = gates.clamp(1e-7, 1 - 1e-7)
+        err = -(targets * p.log() + (1 - targets) * (1 - p).log())
+    else:
+        err = (gates - targets) ** 2
+    weight = positions[:, None, :, None].float().expand_as(err)
+    return ((err * weight).sum(dim=(0, 1, 2)) / weight.sum(dim=(0, 1, 2)).clamp(min=1)).sum()
+
+
 def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, log_truncated: Callable[[str, int], None]) -> Stage:
     stage_cfg: RouterStageConfig = config.router_stage
     max_resp = config.synthesis.max_response_tokens
@@ -119,10 +138,6 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     val_pairs = tokenize_pairs(model, [(r.instruction, target(r)) for r in val], config.max_length, max_resp).pairs
     decoding = DecodingConfig(max_new_tokens=config.glad.val_tokens, routed_tokens=config.routed_tokens)
 
-    def gate_targets(benign: list[bool], like: torch.Tensor) -> torch.Tensor:
-        t = torch.tensor([[0.0, 1.0] if b else [1.0, 0.0] for b in benign], device=like.device)
-        return t[:, None, None, :]  # (batch, 1, 1, 2) against gates (batch, layers, seq, 2)
-
     def gates_and_ce(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
         labels = batch.pop("labels")
@@ -135,10 +150,7 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
 
     def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:
         ce, gates, positions, batch = gates_and_ce(batch_items)
-        err = (gates - gate_targets([b for _, b in batch_items], gates)) ** 2  # (B, L, T, 2)
-        weight = positions[:, None, :, None].float().expand_as(err)
-        # mean over layers and positions, separately per scorer, then summed: alpha * (mse_unwill + mse_glad)
-        gate_loss = ((err * weight).sum(dim=(0, 1, 2)) / weight.sum(dim=(0, 1, 2)).clamp(min=1)).sum()
+        gate_loss = router_gate_loss(gates, [b for _, b in batch_items], positions, stage_cfg.gate_loss)
         total = ce.mean() + stage_cfg.alpha * gate_loss
         return total, {"loss": total.item(), "ce": ce.mean().item(), "gate_loss": gate_loss.item()}, int(batch["attention_mask"].sum())
 

@@ -1,0 +1,70 @@
+"""Router ablation: retrain only the routers of an existing bundle under another router config.
+
+The data and both experts are taken from BUNDLE, so only the router stage runs
+(``mogu train`` resumes at it): what a router setting changes is measured
+without retraining the experts. Prints the router stage's validation history
+(validation split only: this is what settings are chosen on) and the final
+seed test-split evaluation as JSON.
+
+    python benchmarks/router_ablation.py runs/bench-bundle /tmp/ablation \\
+        '{"router": {"shape": "paper"}, "router_stage": {"probe_init": false, "gate_loss": "mse", "lr": 1e-3}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from mogu.config import resolved_dict, write_json_atomic
+from mogu.train.config import TrainConfig
+from mogu.train.pipeline import train
+
+log = logging.getLogger("router_ablation")
+
+
+def seeded_work_folder(bundle: Path, out: Path, config: TrainConfig) -> None:
+    """Lay out ``OUT.work`` as ``mogu train`` leaves it after the two expert stages."""
+    work = out.with_name(out.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    work.mkdir(parents=True)
+    write_json_atomic(work / "train_config.json", resolved_dict(config))
+    shutil.copy(bundle / "data.jsonl", work / "data.jsonl")
+    selection = json.loads((bundle / "selection.json").read_text(encoding="utf-8"))
+    for name in ("glad", "unwill"):
+        (work / name).mkdir()
+        shutil.copytree(bundle / name, work / name / "adapter")
+        write_json_atomic(work / name / "selection.json", selection[name])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", type=Path, help="a bundle written by mogu train (its data and experts are reused)")
+    parser.add_argument("out", type=Path, help="where the ablation bundle goes (replaced)")
+    parser.add_argument("overrides", help="JSON merged into the bundle's own training config, e.g. '{\"router_stage\": {...}}'")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    saved = json.loads((args.bundle / "train_config.json").read_text(encoding="utf-8"))["config"]
+    for key, value in json.loads(args.overrides).items():
+        saved[key] = {**saved[key], **value} if isinstance(value, dict) and isinstance(saved.get(key), dict) else value
+    config = TrainConfig.model_validate(saved)
+    seeded_work_folder(args.bundle, args.out, config)
+    start = time.perf_counter()
+    train(config, args.out)
+    selection = json.loads((args.out / "selection.json").read_text(encoding="utf-8"))["router"]
+    evaluation = json.loads((args.out / "evaluation.json").read_text(encoding="utf-8"))
+    print(json.dumps({
+        "overrides": json.loads(args.overrides),
+        "router_validations": selection["validations"],
+        "selected_step": selection["selected_step"],
+        "test_refusal_rate": evaluation["refusal_rate"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
