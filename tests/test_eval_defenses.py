@@ -64,14 +64,14 @@ class Spy:
 
 
 def test_every_defense_answers_every_prompt(model, cache, options):
-    before = model.expert_state_dict("glad")
+    before = [p.detach().clone() for layer in model.layers for p in (layer.lora_A["glad"].weight, layer.lora_B["glad"].weight)]
     for name in D.DEFENSES:
         defense = D.make_defense(name, model, bundle=True, cache_dir=cache, options=options)
         answers = defense.generate(PROMPTS, DECODING)
         assert len(answers) == len(PROMPTS) and all(isinstance(a, str) for a in answers), name
         assert defense.generate([], DECODING) == []
-    after = model.expert_state_dict("glad")
-    assert all(torch.equal(before[k], after[k]) for k in before)  # the bundle's own expert is back in place
+    after = [p for layer in model.layers for p in (layer.lora_A["glad"].weight, layer.lora_B["glad"].weight)]
+    assert all(torch.equal(b, a) for b, a in zip(before, after))  # the bundle's own expert is back in place
     assert (cache / "sft" / "adapter" / "adapter_model.safetensors").is_file()
     probe = json.loads((cache / "detect-input" / "probe.json").read_text())
     assert probe["layer"] in D.InputDetector(model, cache / "x").candidate_layers()
@@ -193,3 +193,14 @@ def test_mogu_fixed_uses_fixed_gates(model, monkeypatch):
     D.make_defense("mogu", model).generate(PROMPTS[:1], DECODING)
     assert (spy.calls[0][1].mode, spy.calls[0][1].fixed) == ("fixed", (0.5, 0.5))
     assert spy.calls[1][1].mode == "mogu"
+
+
+def test_borrowed_expert_restores_the_slot(model):
+    weight = model.layers[0].lora_B["glad"].weight
+    original = weight.detach().clone()
+    snapshot = model.expert_state_dict("glad")
+    other = {k: torch.full_like(v, 0.5) for k, v in snapshot.items()}
+    with D.borrowed_expert(model, other, "glad"):
+        assert torch.all(weight == 0.5)
+        assert torch.equal(next(v for k, v in snapshot.items() if "lora_B" in k), original)  # a snapshot, not a view
+    assert torch.equal(weight, original)

@@ -287,12 +287,13 @@ class MoGUModel(nn.Module):
         )
 
     def expert_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        """One expert in PEFT's on-disk key format."""
+        """A copy of one expert's weights in PEFT's on-disk key format (a snapshot: it never aliases the
+        live parameters, so it can restore an expert slot after something else was put there)."""
         state = {}
         for target, layer in zip(self.config.target_modules, self.layers):
             for part in ("lora_A", "lora_B"):
                 weight = getattr(layer, part)[name].weight
-                state[f"{PEFT_PREFIX}{target}.{part}.weight"] = weight.detach().to("cpu", torch.float32).contiguous()
+                state[f"{PEFT_PREFIX}{target}.{part}.weight"] = weight.detach().to("cpu", torch.float32, copy=True)
         return state
 
     def save_expert(self, name: str, directory: Path) -> None:

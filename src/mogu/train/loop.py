@@ -47,6 +47,7 @@ class Stage:
     items: list[Any]
     loss: LossFn
     validate: Validate
+    initialise: Callable[[], None] | None = None  # runs once on a fresh start, never when resuming
 
 
 class TrainLog:
@@ -128,6 +129,8 @@ def run_stage(stage: Stage, model: MoGUModel, accelerator: Accelerator, workdir:
         _load_optimizer(optimizer, list(params), load_file(str(checkpoint / "optimizer.safetensors")))
         log.info("%s: resuming at step %d of %d", stage.name, progress["step"], total_steps)
     else:
+        if stage.initialise is not None:
+            stage.initialise()
         _validate(stage, model, progress, best_path, params, train_log, accelerator)
 
     rank, world = accelerator.process_index, accelerator.num_processes

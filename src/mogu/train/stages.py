@@ -133,8 +133,6 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     tokenized = tokenize_pairs(model, [(r.instruction, target(r)) for r in train], config.max_length, max_resp)
     log_truncated("router", tokenized.truncated)
     items = [(pair, r.benign) for pair, r in zip(tokenized.pairs, train)]
-    if stage_cfg.probe_init:
-        warm_start_routers(model, items, config.routed_tokens, stage_cfg.probe_l2, stage_cfg.probe_steps)
     val_pairs = tokenize_pairs(model, [(r.instruction, target(r)) for r in val], config.max_length, max_resp).pairs
     decoding = DecodingConfig(max_new_tokens=config.glad.val_tokens, routed_tokens=config.routed_tokens)
 
@@ -181,4 +179,9 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
         }
         return (balanced, metrics["gate_accuracy"]), metrics
 
-    return Stage("router", stage_cfg, items, loss, validate)
+    def warm_start() -> None:
+        # ``items`` stays the full list: run_stage gives the stage a new list when it takes a
+        # max_examples subset, and the probes are fitted on every training instruction
+        warm_start_routers(model, items, config.routed_tokens, stage_cfg.probe_l2, stage_cfg.probe_steps)
+
+    return Stage("router", stage_cfg, items, loss, validate, warm_start if stage_cfg.probe_init else None)
