@@ -55,16 +55,18 @@ def main() -> None:
     seeded_work_folder(args.bundle, args.out, config)
     start = time.perf_counter()
     train(config, args.out)
-    selection = json.loads((args.out / "selection.json").read_text(encoding="utf-8"))["router"]
-    evaluation = json.loads((args.out / "evaluation.json").read_text(encoding="utf-8"))
-    print(json.dumps({
-        "overrides": json.loads(args.overrides),
-        "router_validations": selection["validations"],
-        "selected_step": selection["selected_step"],
-        "test_refusal_rate": evaluation["refusal_rate"],
-        "seconds": round(time.perf_counter() - start, 1),
-    }, indent=1))
+    print(json.dumps({"overrides": json.loads(args.overrides), **summary(args.out),
+                      "seconds": round(time.perf_counter() - start, 1)}, indent=1))
 
+
+def summary(bundle: Path) -> dict:
+    """The router stage's validations (from the bundle's train log), its selected step and the test evaluation."""
+    events = [json.loads(line) for line in (bundle / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    validations = [{"step": e["step"], **e["validation"]} for e in events if e.get("stage") == "router" and "validation" in e]
+    selection = json.loads((bundle / "selection.json").read_text(encoding="utf-8"))["router"]
+    evaluation = json.loads((bundle / "evaluation.json").read_text(encoding="utf-8"))
+    return {"router_validations": validations, "selected_step": selection["selected_step"],
+            "test_refusal_rate": evaluation["refusal_rate"]}
 
 if __name__ == "__main__":
     main()
