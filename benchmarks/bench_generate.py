@@ -43,16 +43,11 @@ PROMPTS = [
 ]
 
 
-def is_bundle(target: str) -> bool:
-    from mogu.model.bundle import CONFIG_NAME
-
-    return (Path(target) / CONFIG_NAME).is_file()
-
-
 def load(target: str):
     """A bundle (its routers folded to the linear shape on load), or fresh linear routers on a base model."""
     from mogu.config import RouterConfig
     from mogu.model import MoGUModel
+    from mogu.model.bundle import is_bundle
 
     return MoGUModel.from_pretrained(target) if is_bundle(target) else MoGUModel.from_base(target, router=RouterConfig(shape="linear"))
 
@@ -61,7 +56,7 @@ def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mogu.config import DecodingConfig
-    from mogu.model.bundle import read_config
+    from mogu.model.bundle import is_bundle, read_config
     from mogu.model.chat import format_chat
     from mogu.model.loading import resolve_model_path
 

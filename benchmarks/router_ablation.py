@@ -19,26 +19,27 @@ import shutil
 import time
 from pathlib import Path
 
-from mogu.config import resolved_dict, write_json_atomic
+from mogu.config import write_json_atomic
 from mogu.train.config import TrainConfig
-from mogu.train.pipeline import train
-
-log = logging.getLogger("router_ablation")
+from mogu.train.pipeline import prepare_output, train
 
 
 def seeded_work_folder(bundle: Path, out: Path, config: TrainConfig) -> None:
-    """Lay out ``OUT.work`` as ``mogu train`` leaves it after the two expert stages."""
-    work = out.with_name(out.name + ".work")
-    shutil.rmtree(work, ignore_errors=True)
+    """Lay out ``OUT.work`` as ``mogu train`` leaves it after the two expert stages.
+
+    A work folder left by an interrupted run of the same ablation is kept, so that
+    the router stage resumes from its checkpoint.
+    """
     shutil.rmtree(out, ignore_errors=True)
-    work.mkdir(parents=True)
-    write_json_atomic(work / "train_config.json", resolved_dict(config))
-    shutil.copy(bundle / "data.jsonl", work / "data.jsonl")
+    work, _ = prepare_output(config, out, overwrite=True)  # replaces a work folder with another config
+    if not (work / "data.jsonl").is_file():
+        shutil.copy(bundle / "data.jsonl", work / "data.jsonl")
     selection = json.loads((bundle / "selection.json").read_text(encoding="utf-8"))
     for name in ("glad", "unwill"):
-        (work / name).mkdir()
-        shutil.copytree(bundle / name, work / name / "adapter")
-        write_json_atomic(work / name / "selection.json", selection[name])
+        if not (work / name / "selection.json").is_file():
+            shutil.rmtree(work / name, ignore_errors=True)
+            shutil.copytree(bundle / name, work / name / "adapter")
+            write_json_atomic(work / name / "selection.json", selection[name])
 
 
 def main() -> None:
@@ -67,6 +68,7 @@ def summary(bundle: Path) -> dict:
     evaluation = json.loads((bundle / "evaluation.json").read_text(encoding="utf-8"))
     return {"router_validations": validations, "selected_step": selection["selected_step"],
             "test_refusal_rate": evaluation["refusal_rate"]}
+
 
 if __name__ == "__main__":
     main()

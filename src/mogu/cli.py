@@ -55,10 +55,11 @@ def info(target: Target) -> None:
     """Architecture, routed projections and parameter counts of a bundle or a base model."""
     from mogu.config import RouterConfig
     from mogu.model import MoGUModel
+    from mogu.model.bundle import is_bundle
     from mogu.model.router import Router
 
     try:
-        model = MoGUModel.load(target, fold_routers=False) if (Path(target) / "mogu_config.json").is_file() else _load(target)
+        model = MoGUModel.load(target, fold_routers=False) if is_bundle(target) else _load(target)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     cfg = model.config
@@ -69,7 +70,7 @@ def info(target: Target) -> None:
     typer.echo(f"routed tokens  {cfg.routed_tokens} (hand-over: {cfg.handover})")
     counts = model.parameter_counts()
     typer.echo(f"{'router shape':<14} {'base':>13} {'glad':>10} {'unwill':>10} {'routers':>12}")
-    shapes = [cfg.router.shape] if (Path(target) / "mogu_config.json").is_file() else ["paper", "linear"]
+    shapes = [cfg.router.shape] if is_bundle(target) else ["paper", "linear"]
     for shape in shapes:
         routers = sum(
             p.numel() for layer in model.layers for p in Router(layer.in_features, RouterConfig(shape=shape)).parameters()
@@ -224,11 +225,12 @@ def eval_command(
     """Refusal rates of defenses on harmful and benign suites: report.json, report.md, plots (see docs/EVAL.md)."""
     from mogu.eval.report import format_markdown
     from mogu.eval.runner import build_suites, evaluate, parse_defense_options, parse_judge_spec
+    from mogu.model.bundle import is_bundle
 
     decoding = _decoding(max_new_tokens=max_new_tokens)
     try:
         suites = build_suites(harmful or [], benign or [], seed_split, attack or [], attack_prompts or [], seed)
-        names = defense or ("none,mogu" if (Path(target) / "mogu_config.json").is_file() else "none")
+        names = defense or ("none,mogu" if is_bundle(target) else "none")
         report = evaluate(target, suites, names, parse_judge_spec(judge), decoding, out, batch_size=batch_size,
                           defense_options=parse_defense_options(defense_arg or []), rejudge=rejudge, seed=seed,
                           chat_template=chat_template.read_text(encoding="utf-8") if chat_template else None)

@@ -47,7 +47,7 @@ from safetensors.torch import load_file, save_file
 from mogu.config import DecodingConfig, StrictModel, provenance, write_json_atomic
 from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel
-from mogu.model.bundle import ADAPTER_WEIGHTS, PEFT_PREFIX
+from mogu.model.bundle import ADAPTER_WEIGHTS
 from mogu.model.chat import ChatInput, format_chat
 from mogu.probe import fit_logistic
 
@@ -239,23 +239,22 @@ def _config(cls: type[StrictModel], name: str, options: dict[str, Any]) -> Any:
         raise DefenseError(f"{name}: option {'.'.join(str(p) for p in first['loc'])!r}: {first['msg']}") from err
 
 
-def _set_expert(model: MoGUModel, slot: str, state: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for target, layer in zip(model.config.target_modules, model.layers):
-            for part in ("lora_A", "lora_B"):
-                param = getattr(layer, part)[slot].weight
-                param.copy_(state[f"{PEFT_PREFIX}{target}.{part}.weight"].to(param.device, param.dtype))
+@contextlib.contextmanager
+def restored_expert(model: MoGUModel, slot: str = SLOT) -> Iterator[None]:
+    """Whatever is put into expert ``slot`` inside, the slot holds its current weights again afterwards."""
+    saved = model.expert_state_dict(slot)
+    try:
+        yield
+    finally:
+        model.set_expert_state(slot, saved)
 
 
 @contextlib.contextmanager
 def borrowed_expert(model: MoGUModel, state: dict[str, torch.Tensor], slot: str = SLOT) -> Iterator[None]:
     """Put a LoRA (PEFT-keyed state dict) into an expert slot for a while, then restore the slot."""
-    saved = model.expert_state_dict(slot)
-    _set_expert(model, slot, state)
-    try:
+    with restored_expert(model, slot):
+        model.set_expert_state(slot, state)
         yield
-    finally:
-        _set_expert(model, slot, saved)
 
 
 def _mean_ce(model: MoGUModel, pairs: list, mode: str, batch_size: int = 16) -> float:
@@ -324,12 +323,9 @@ class SFTDefense(Defense):
             log.info("sft: loaded the cached adapter from %s", self.cache_dir)
             return
         if (self.cache_dir / "adapter_config.json").is_file():  # a ready PEFT LoRA folder, trained elsewhere
-            saved = self.model.expert_state_dict(SLOT)
-            try:
+            with restored_expert(self.model):
                 self.model.load_expert(SLOT, self.cache_dir)  # checks r, alpha, modules and shapes
                 self.state = self.model.expert_state_dict(SLOT)
-            finally:
-                _set_expert(self.model, SLOT, saved)
             log.info("sft: loaded the LoRA adapter %s", self.cache_dir)
             return
         if (self.cache_dir / "adapter").exists():
@@ -392,22 +388,20 @@ class SFTDefense(Defense):
         stage_cfg = StageConfig(**cfg.model_dump(include=set(StageConfig.model_fields)))
         accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
         work = self.cache_dir / "work"
-        saved = model.expert_state_dict(SLOT)
-        try:
+        with restored_expert(model):
             torch.manual_seed(cfg.seed)
             with torch.no_grad():
                 for layer in model.layers:  # a fresh LoRA: A Kaiming-uniform, B zero (equals the base model)
                     torch.nn.init.kaiming_uniform_(layer.lora_A[SLOT].weight, a=math.sqrt(5))
                     torch.nn.init.zeros_(layer.lora_B[SLOT].weight)
             model.set_trainable(SLOT)
-            result = run_stage(Stage("sft", stage_cfg, train_pairs, loss, validate), model, accelerator, work,
-                               TrainLog(self.cache_dir / "train_log.jsonl", accelerator), cfg.seed)
-            model.set_trainable(None)
+            try:
+                result = run_stage(Stage("sft", stage_cfg, train_pairs, loss, validate), model, accelerator, work,
+                                   TrainLog(self.cache_dir / "train_log.jsonl", accelerator), cfg.seed)
+            finally:
+                model.set_trainable(None)
             model.save_expert(SLOT, self.cache_dir / "adapter")
             state = model.expert_state_dict(SLOT)
-        finally:
-            model.set_trainable(None)
-            _set_expert(model, SLOT, saved)
         best = max((v for v in result["validations"] if v.get("score") is not None), key=lambda v: v["score"], default={})
         write_json_atomic(self.cache_dir / "sft.json", {
             **self._wanted(), "selected_step": result["selected_step"], "val_ce": best.get("val_ce"),

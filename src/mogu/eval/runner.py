@@ -39,7 +39,7 @@ from mogu.eval.judges import EndpointJudge, Judge, ModelJudge, RefusalJudge, Ver
 from mogu.eval.report import build_report, write_report
 from mogu.eval.suites import Prompt, Suite, parse_suite_spec, seed_suites
 from mogu.jsonl import append_jsonl, done_ids, read_jsonl
-from mogu.model.bundle import CONFIG_NAME
+from mogu.model.bundle import is_bundle
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def evaluate(
     prompts = [p for s in suites for p in s]
 
     state: dict[str, Any] = {"model": target if isinstance(target, MoGUModel) else None}
-    bundle = (Path(target) / CONFIG_NAME).is_file() if isinstance(target, (str, Path)) else None
+    bundle = is_bundle(target) if isinstance(target, (str, Path)) else None
 
     def model() -> MoGUModel:
         if state["model"] is None:
@@ -279,7 +279,7 @@ def evaluate(
                 state["model"].config.chat_template = chat_template
         return state["model"]
 
-    def is_bundle() -> bool:
+    def has_bundle() -> bool:
         nonlocal bundle
         if bundle is None:
             bundle = is_trained(model())
@@ -288,12 +288,12 @@ def evaluate(
     def get_defense(name: str) -> Defense:
         if name not in ready:
             options = dict(defense_options or {})
-            sft_data = Path(target) / "data.jsonl" if isinstance(target, (str, Path)) and is_bundle() else None
+            sft_data = Path(target) / "data.jsonl" if isinstance(target, (str, Path)) and has_bundle() else None
             if sft_data is not None and sft_data.is_file():
                 # The bundle's own training instructions and responses: the baselines learn from what MoGU learnt from.
                 for key in ("sft", "detect-input"):
                     options[key] = {"data": str(sft_data), **options.get(key, {})}
-            ready[name] = make_defense(name, model(), bundle=is_bundle(), cache_dir=out / "defenses", options=options)
+            ready[name] = make_defense(name, model(), bundle=has_bundle(), cache_dir=out / "defenses", options=options)
         return ready[name]
 
     # ------------------------------------------------------------------ generation
@@ -341,7 +341,7 @@ def evaluate(
     if rejudge:
         if gates_cache.is_file():
             gates = json.loads(gates_cache.read_text(encoding="utf-8"))["gates"]
-    elif gates_sample > 0 and is_bundle():
+    elif gates_sample > 0 and has_bundle():
         gates = _gate_summary(model(), suites, gates_sample, seed, batch_size, gates_cache)
 
     # ------------------------------------------------------------------ judging

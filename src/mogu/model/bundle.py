@@ -189,7 +189,7 @@ class MoGUModel(nn.Module):
     @classmethod
     def load(cls, target: str | Path, **kwargs) -> MoGUModel:
         """A bundle folder (holding ``mogu_config.json``) or, otherwise, a fresh MoGU model on a base model."""
-        if (Path(target) / CONFIG_NAME).is_file():
+        if is_bundle(target):
             return cls.from_pretrained(target, **kwargs)
         return cls.from_base(str(target), **kwargs)
 
@@ -286,15 +286,32 @@ class MoGUModel(nn.Module):
             base_model_name_or_path=self.config.base.name_or_path,
         )
 
+    def _expert_parameters(self, name: str) -> dict[str, nn.Parameter]:
+        """Expert ``name``'s LoRA parameters under PEFT's on-disk keys."""
+        return {
+            f"{PEFT_PREFIX}{target}.{part}.weight": getattr(layer, part)[name].weight
+            for target, layer in zip(self.config.target_modules, self.layers)
+            for part in ("lora_A", "lora_B")
+        }
+
     def expert_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """A copy of one expert's weights in PEFT's on-disk key format (a snapshot: it never aliases the
         live parameters, so it can restore an expert slot after something else was put there)."""
-        state = {}
-        for target, layer in zip(self.config.target_modules, self.layers):
-            for part in ("lora_A", "lora_B"):
-                weight = getattr(layer, part)[name].weight
-                state[f"{PEFT_PREFIX}{target}.{part}.weight"] = weight.detach().to("cpu", torch.float32, copy=True)
-        return state
+        return {key: p.detach().to("cpu", torch.float32, copy=True) for key, p in self._expert_parameters(name).items()}
+
+    def set_expert_state(self, name: str, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        """Copy a PEFT-keyed LoRA state dict into expert ``name``; ``source`` names it in errors."""
+        params = self._expert_parameters(name)
+        if set(state) != set(params):
+            missing = sorted(set(params) - set(state))[:3]
+            extra = sorted(set(state) - set(params))[:3]
+            raise BundleError(f"{source}: adapter does not fit this model's targets (missing e.g. {missing}, unexpected e.g. {extra})")
+        for key, param in params.items():
+            if state[key].shape != param.shape:
+                raise BundleError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected {tuple(param.shape)}")
+        with torch.no_grad():
+            for key, param in params.items():
+                param.copy_(state[key].to(param.device, param.dtype))
 
     def save_expert(self, name: str, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -314,22 +331,7 @@ class MoGUModel(nn.Module):
             if adapter.get(field) != expected:
                 raise BundleError(f"{config_path}: field {field!r} is {adapter.get(field)!r}, the model expects {expected!r}")
         weights = _load_safetensors(directory / ADAPTER_WEIGHTS)
-        expected_keys = set(self.expert_state_dict(name))
-        if set(weights) != expected_keys:
-            missing = sorted(expected_keys - set(weights))[:3]
-            extra = sorted(set(weights) - expected_keys)[:3]
-            raise BundleError(
-                f"{directory / ADAPTER_WEIGHTS}: adapter does not fit this model's targets "
-                f"(missing e.g. {missing}, unexpected e.g. {extra})"
-            )
-        for target, layer in zip(self.config.target_modules, self.layers):
-            for part in ("lora_A", "lora_B"):
-                key = f"{PEFT_PREFIX}{target}.{part}.weight"
-                param = getattr(layer, part)[name].weight
-                if weights[key].shape != param.shape:
-                    raise BundleError(f"{directory / ADAPTER_WEIGHTS}: {key} has shape {tuple(weights[key].shape)}, expected {tuple(param.shape)}")
-                with torch.no_grad():
-                    param.copy_(weights[key])
+        self.set_expert_state(name, weights, source=str(directory / ADAPTER_WEIGHTS))
 
     # --------------------------------------------------------------- routers
     def router_state_dict(self) -> dict[str, torch.Tensor]:
@@ -406,6 +408,11 @@ def _swap_in(new: Path, target: Path) -> None:
     target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a bundle folder (it holds ``mogu_config.json``), not a base model."""
+    return (Path(path) / CONFIG_NAME).is_file()
 
 
 def read_config(path: Path, verify: bool = True) -> MoGUConfig:

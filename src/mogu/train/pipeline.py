@@ -20,7 +20,7 @@ from accelerate import Accelerator
 
 from mogu.config import DecodingConfig, resolved_dict, write_json_atomic
 from mogu.model import MoGUModel
-from mogu.model.bundle import CONFIG_NAME
+from mogu.model.bundle import is_bundle
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, load_records, summarise
 from mogu.train.loop import TrainLog, run_stage
@@ -48,11 +48,11 @@ def prepare_output(config: TrainConfig, out: Path, overwrite: bool) -> tuple[Pat
     wanted = config.model_dump(mode="json")
     work = out.with_name(out.name + ".work")
     if out.exists() and any(out.iterdir()):
-        if (out / CONFIG_NAME).is_file() and _saved_config(out) == wanted and not overwrite:
+        if is_bundle(out) and _saved_config(out) == wanted and not overwrite:
             return work, True
         if not overwrite:
             raise OutputExistsError(
-                f"{out} already holds {'a bundle trained with another config' if (out / CONFIG_NAME).is_file() else 'other files'}; "
+                f"{out} already holds {'a bundle trained with another config' if is_bundle(out) else 'other files'}; "
                 "pass --overwrite to replace it"
             )
     if work.exists() and _saved_config(work) != wanted:
