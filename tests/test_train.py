@@ -183,6 +183,28 @@ def test_router_warm_start_installs_per_layer_probes(llama_dir):
     assert glad[0] < 0.5 < glad[1]  # harmful -> unwilling, benign -> glad
 
 
+def test_router_inputs_are_those_of_the_full_sequence(llama_dir):
+    # collect_router_inputs runs only as much of each response as the wanted positions need
+    from mogu.train.router_init import collect_router_inputs
+
+    model = MoGUModel.from_base(str(llama_dir))
+    pairs = tokenize_pairs(model, [("Bake bread", "Sure, mix flour and water."), ("Hi", "Hello there, friend.")], 64, 8).pairs
+    features, labels = collect_router_inputs(model, [(pairs[0], True), (pairs[1], False)], positions=3)
+    layer = model.layers[0]
+    seen = []
+    handle = layer.router.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad(), model.mode("mogu"):
+            inputs = collate(pairs, model.tokenizer.pad_token_id)
+            inputs.pop("labels")
+            model(**inputs)
+    finally:
+        handle.remove()
+    expected = torch.cat([seen[0][row, len(p.prompt) - 1 : len(p.prompt) + 2] for row, p in enumerate(pairs)])
+    assert labels.tolist() == [1.0] * 3 + [0.0] * 3
+    assert torch.allclose(features[layer.layer_index], expected.float(), atol=1e-5)
+
+
 def test_gate_mask_positions():
     labels = torch.full((2, 8), IGNORE)
     labels[0, 3:7] = 1  # prompt 0-2, response 3-6, padding 7

@@ -15,7 +15,9 @@ from mogu.config import ExpertConfig, RouterConfig, StrictModel
 class SynthesisConfig(StrictModel):
     """How responses are made for instructions that come without them."""
 
-    max_response_tokens: int = Field(20, ge=4, description="only the opening of a response matters for routing")
+    max_response_tokens: int = Field(
+        12, ge=4, description="only the opening of a response matters: MoGU routes the first routed_tokens (5)"
+    )
     batch_size: int = Field(32, ge=1, description="batch size of the base model's own greedy answers")
 
 
@@ -60,13 +62,19 @@ class RouterStageConfig(StageConfig):
     lr: float = Field(3e-3, gt=0)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
-    max_examples: int | None = Field(400, ge=1)
+    max_examples: int | None = Field(384, ge=1)
+    eval_every: int = Field(12, ge=1)
     alpha: float = Field(2.0, ge=0)
     probe_init: bool = Field(
         True, description="warm-start each router from a linear probe on its own inputs (train/router_init.py); "
         "the few hundred gradient steps a CPU allows do not separate the classes from a blank start"
     )
-    probe_l2: float = Field(2e-3, ge=0, description="L2 strength of the probes (mogu.probe.fit_logistic: l2/2 * |w|^2)")
+    probe_l2: float = Field(1e-3, ge=0, description="L2 strength of the probes (mogu.probe.fit_logistic: l2/2 * |w|^2)")
+    probe_positions: int = Field(
+        1, ge=1, description="decision positions per example the probes are fitted on; 1 = the last prompt token, "
+        "whose gates choose the first response token (later positions see the teacher-forced response, whose "
+        "wording gives the label away and would dominate the fit)"
+    )
     probe_steps: int = Field(100, ge=1, description="L-BFGS iterations per layer")
     gate_loss: Literal["mse", "bce"] = Field(
         "bce",
@@ -94,8 +102,10 @@ class TrainConfig(StrictModel):
     max_length: int = Field(192, ge=16, description="prompt + response tokens; longer examples are truncated")
     seed: int = 0
     synthesis: SynthesisConfig = SynthesisConfig()
-    glad: ExpertStageConfig = ExpertStageConfig()
-    unwill: ExpertStageConfig = ExpertStageConfig()
+    # The base model already complies with almost every harmful instruction, so the glad expert
+    # needs few steps; the unwilling expert has to learn refusals from scratch.
+    glad: ExpertStageConfig = ExpertStageConfig(max_examples=96, eval_every=6)
+    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=128, eval_every=8)
     router_stage: RouterStageConfig = RouterStageConfig()
     eval_max_new_tokens: int = Field(16, ge=1, description="tokens per answer when the finished bundle is evaluated")
 

@@ -6,7 +6,7 @@ everywhere instead of separating harmful from benign (gate accuracy ~0.6 on
 the default model). Yet each router is only a linear scorer on the input of
 its projection, i.e. a linear probe, and harmful vs benign instructions are
 linearly separable there. So before the router stage the inputs each router
-sees at the routed positions are collected in one forward pass, a logistic
+sees at the first decision position(s) are collected in one forward pass, a logistic
 regression is fitted per layer (glad scorer: benign, unwill scorer: harmful),
 and the result is written into the routers (``Router.set_linear``, exact for
 both router shapes). The router stage then fine-tunes from there with the
@@ -51,14 +51,17 @@ def collect_router_inputs(
         with torch.no_grad(), model.mode("mogu"):
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
-                batch = collate([p for p, _ in chunk], model.tokenizer.pad_token_id)
+                # decision positions: the last prompt token up to the second-last response token; the
+                # model is causal, so the response beyond the wanted positions need not be run
+                counts = [min(positions, len(pair.response)) for pair, _ in chunk]
+                batch = collate([Pair(pair.prompt, pair.response[: n - 1]) for (pair, _), n in zip(chunk, counts)],
+                                model.tokenizer.pad_token_id)
                 rows, cols = [], []
-                for row, (pair, benign) in enumerate(chunk):
+                for row, ((pair, benign), n) in enumerate(zip(chunk, counts)):
                     first = len(pair.prompt) - 1  # the last prompt token chooses the first response token
-                    for col in range(first, min(first + positions, len(pair.prompt) + len(pair.response) - 1)):
-                        rows.append(row)
-                        cols.append(col)
-                        labels.append(benign)
+                    rows += [row] * n
+                    cols += range(first, first + n)
+                    labels += [benign] * n
                 current["rows"], current["cols"] = torch.tensor(rows), torch.tensor(cols)
                 batch.pop("labels")
                 model(**{k: v.to(model.device) for k, v in batch.items()})
