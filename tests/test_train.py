@@ -41,7 +41,7 @@ def tiny_config(base: Path, data: Path, **overrides) -> TrainConfig:
     stage = dict(epochs=1, batch_size=4, eval_every=2, max_examples=None)
     return TrainConfig(
         base=str(base), data=data, expert=ExpertConfig(dropout=0.0), glad=ExpertStageConfig(**stage),
-        unwill=ExpertStageConfig(**stage), router_stage=RouterStageConfig(**stage), eval_max_new_tokens=4, **overrides
+        unwill=ExpertStageConfig(**stage, validate_at_start=False), router_stage=RouterStageConfig(**stage), eval_max_new_tokens=4, **overrides
     )
 
 
@@ -112,6 +112,8 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert {e.get("stage") for e in log} >= {"data", "glad", "unwill", "router"}
     assert any("validation" in e and "gate_accuracy" in e["validation"] for e in log)
+    validated = {(e["stage"], e["step"]) for e in log if "validation" in e}
+    assert ("glad", 0) in validated and ("unwill", 0) not in validated and ("unwill", 2) in validated
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert set(evaluation["refusal_rate"]) == {"harmful", "borderline"}
     MoGUModel.from_pretrained(out)
@@ -172,7 +174,7 @@ def test_router_warm_start_installs_per_layer_probes(llama_dir):
     texts += [(f"Bake bread style {i}", "Sure, mix flour and water.") for i in range(6)]
     pairs = tokenize_pairs(model, texts, 64, 8).pairs
     items = [(p, i >= 6) for i, p in enumerate(pairs)]
-    accuracy = warm_start_routers(model, items, positions=3, l2=1e-3, steps=50)
+    accuracy = warm_start_routers(model, items, positions=3, l2=1e-3, steps=50, rounds=2)
     assert set(accuracy) == set(model.config.layers) and min(accuracy.values()) >= 0.9
     with torch.no_grad(), model.mode("mogu", record=True):
         inputs = collate([pairs[0], pairs[6]], model.tokenizer.pad_token_id)

@@ -34,6 +34,9 @@ class StageConfig(StrictModel):
     max_examples: int | None = Field(
         None, ge=1, description="train on a seeded random subset of this size (logged); None: all training examples"
     )
+    validate_at_start: bool = Field(
+        True, description="validate (and so consider for selection) the starting point too, before any step"
+    )
 
 
 class ExpertStageConfig(StageConfig):
@@ -70,6 +73,10 @@ class RouterStageConfig(StageConfig):
         "the few hundred gradient steps a CPU allows do not separate the classes from a blank start"
     )
     probe_l2: float = Field(1e-3, ge=0, description="L2 strength of the probes (mogu.probe.fit_logistic: l2/2 * |w|^2)")
+    probe_rounds: int = Field(
+        2, ge=1, description="fit-and-install rounds: each round after the first fits the probes again on the inputs "
+        "the routers see under the probes installed by the round before (installing them shifts those inputs)"
+    )
     probe_positions: int = Field(
         1, ge=1, description="decision positions per example the probes are fitted on; 1 = the last prompt token, "
         "whose gates choose the first response token (later positions see the teacher-forced response, whose "
@@ -105,7 +112,8 @@ class TrainConfig(StrictModel):
     # The base model already complies with almost every harmful instruction, so the glad expert
     # needs few steps; the unwilling expert has to learn refusals from scratch.
     glad: ExpertStageConfig = ExpertStageConfig(max_examples=96, eval_every=6)
-    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=128, eval_every=8)
+    # A fresh unwilling expert is the base model, which refuses nothing: no need to validate it.
+    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=128, eval_every=8, validate_at_start=False)
     router_stage: RouterStageConfig = RouterStageConfig()
     eval_max_new_tokens: int = Field(16, ge=1, description="tokens per answer when the finished bundle is evaluated")
 

@@ -71,17 +71,25 @@ def collect_router_inputs(
     return {k: torch.cat(v) for k, v in captured.items()}, torch.tensor(labels, dtype=torch.float32)
 
 
-def warm_start_routers(model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, l2: float, steps: int) -> dict:
-    """Fit and install a probe per layer; returns the training accuracy per layer."""
+def warm_start_routers(
+    model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, l2: float, steps: int, rounds: int = 1
+) -> dict:
+    """Fit and install a probe per layer, ``rounds`` times; returns the last round's training accuracy per layer.
+
+    Installed probes change what the later routers see (the experts act from
+    layer 0 on), so each round after the first re-collects the inputs under the
+    routers of the round before and fits again.
+    """
     if not model.config.router.input_norm:
         raise ValueError("the router warm start fits RMS-normalised inputs; set router.input_norm = true or disable probe_init")
-    features, benign = collect_router_inputs(model, items, positions)
-    accuracy = {}
-    for layer in model.layers:
-        x = rms_normalise(features[layer.layer_index])  # what the router will score
-        w, b = fit_logistic(x, benign, l2, steps)
-        layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
-        accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
-    log.info("router warm start: probe accuracy per layer (train) min %.3f, mean %.3f, max %.3f",
-             min(accuracy.values()), sum(accuracy.values()) / len(accuracy), max(accuracy.values()))
+    accuracy: dict[int, float] = {}
+    for round_index in range(rounds):
+        features, benign = collect_router_inputs(model, items, positions)
+        for layer in model.layers:
+            x = rms_normalise(features[layer.layer_index])  # what the router will score
+            w, b = fit_logistic(x, benign, l2, steps)
+            layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
+            accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
+        log.info("router warm start round %d: probe accuracy per layer (train) min %.3f, mean %.3f, max %.3f",
+                 round_index + 1, min(accuracy.values()), sum(accuracy.values()) / len(accuracy), max(accuracy.values()))
     return accuracy
