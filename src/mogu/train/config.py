@@ -74,7 +74,7 @@ class RouterStageConfig(StageConfig):
     )
     probe_l2: float = Field(1e-3, ge=0, description="L2 strength of the probes (mogu.probe.fit_logistic: l2/2 * |w|^2)")
     probe_rounds: int = Field(
-        2, ge=1, description="fit-and-install rounds: each round after the first fits the probes again on the inputs "
+        1, ge=1, description="fit-and-install rounds: each round after the first fits the probes again on the inputs "
         "the routers see under the probes installed by the round before (installing them shifts those inputs)"
     )
     probe_positions: int = Field(
