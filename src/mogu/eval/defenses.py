@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -391,9 +390,8 @@ class SFTDefense(Defense):
         with restored_expert(model):
             torch.manual_seed(cfg.seed)
             with torch.no_grad():
-                for layer in model.layers:  # a fresh LoRA: A Kaiming-uniform, B zero (equals the base model)
-                    torch.nn.init.kaiming_uniform_(layer.lora_A[SLOT].weight, a=math.sqrt(5))
-                    torch.nn.init.zeros_(layer.lora_B[SLOT].weight)
+                for layer in model.layers:  # a fresh LoRA, equal to the base model
+                    layer.reset_experts((SLOT,))
             model.set_trainable(SLOT)
             try:
                 result = run_stage(Stage("sft", stage_cfg, train_pairs, loss, validate), model, accelerator, work,

@@ -16,6 +16,7 @@ so that an expert converts to and from a PEFT adapter file by renaming keys.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -71,9 +72,9 @@ class MoGULayer(nn.Module):
         self.router = Router(self.in_features, router)
         self.reset_experts()
 
-    def reset_experts(self) -> None:
+    def reset_experts(self, names: Iterable[str] = EXPERTS) -> None:
         """PEFT's default LoRA init: A Kaiming-uniform, B zero, so a new expert equals the base."""
-        for name in EXPERTS:
+        for name in names:
             nn.init.kaiming_uniform_(self.lora_A[name].weight, a=5**0.5)
             nn.init.zeros_(self.lora_B[name].weight)
 
