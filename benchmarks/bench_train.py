@@ -2,7 +2,8 @@
 
 ``throughput``: tokens/s of one MoGU router-stage optimizer step (CE + gate
 loss, both router shapes) against one plain PEFT LoRA step (r 8 on the same
-projections, CE) on the same batch, measured side by side.
+projections, CE) on the same batch, measured side by side. Both compute the
+CE with ``mogu.train.batches.response_ce`` (logits at response positions only).
 
 ``pipeline``: the whole default ``mogu train`` into a fresh folder: seconds
 per stage and the base vs MoGU refusal rates on the seed test split.
@@ -40,7 +41,7 @@ def throughput(batch_size: int, repeats: int) -> dict:
     from mogu.config import RouterConfig
     from mogu.model import MoGUModel
     from mogu.model.loading import resolve_model_path
-    from mogu.train.batches import collate
+    from mogu.train.batches import collate, response_ce
     from mogu.train.config import TrainConfig
     from mogu.train.data import affirmative_opening, load_records, refusal_for
     from mogu.train.stages import router_stage
@@ -79,7 +80,7 @@ def throughput(batch_size: int, repeats: int) -> dict:
     inputs = collate(pairs, 0)
 
     def lora_step():
-        lora(**inputs).loss.backward()
+        response_ce(lora, inputs).mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -207,6 +207,26 @@ def test_router_inputs_are_those_of_the_full_sequence(llama_dir):
     assert torch.allclose(features[layer.layer_index], expected.float(), atol=1e-5)
 
 
+def test_response_ce_equals_the_full_logits_ce(tiny_dir, monkeypatch):
+    # logits only at response positions (logits_to_keep mask) give the CE of the full logits, per sequence
+    from mogu.train import batches
+
+    model = MoGUModel.from_base(str(tiny_dir))
+    pairs = tokenize_pairs(model, [("Bake bread", "Sure, mix flour and water."), ("Hi", "Hello.")], 64, 8).pairs
+    batch = collate(pairs, model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = []
+        for row, p in enumerate(pairs):
+            start = len(p.prompt)
+            predicted = logits[row, start - 1 : start + len(p.response) - 1]
+            expected.append(torch.nn.functional.cross_entropy(predicted, torch.tensor(p.response)))
+        assert batches._keeps_logits_by_mask(type(model.base_model))  # transformers >= 5: the mask path is taken
+        assert torch.allclose(batches.response_ce(model, batch), torch.stack(expected), atol=1e-5)
+        monkeypatch.setattr(batches, "_keeps_logits_by_mask", lambda _cls: False)  # models without the mask path
+        assert torch.allclose(batches.response_ce(model, batch), torch.stack(expected), atol=1e-5)
+
+
 def test_gate_mask_positions():
     labels = torch.full((2, 8), IGNORE)
     labels[0, 3:7] = 1  # prompt 0-2, response 3-6, padding 7
@@ -216,6 +236,7 @@ def test_gate_mask_positions():
     assert decision[0].nonzero().flatten().tolist() == [2, 3, 4, 5]  # last prompt token .. second-last response token
     assert gate_mask(labels, attention, "routed", 2)[0].nonzero().flatten().tolist() == [2, 3]
     assert gate_mask(labels, attention, "routed", 2)[1].nonzero().flatten().tolist() == [1, 2]
+    assert gate_mask(labels, attention, "first", 2).nonzero().tolist() == [[0, 2], [1, 1]]
     assert gate_mask(labels, attention, "all", 2).equal(attention.bool())
 
 

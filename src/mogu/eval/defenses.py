@@ -256,19 +256,6 @@ def borrowed_expert(model: MoGUModel, state: dict[str, torch.Tensor], slot: str 
         yield
 
 
-def _mean_ce(model: MoGUModel, pairs: list, mode: str, batch_size: int = 16) -> float:
-    from mogu.train.batches import collate, sequence_ce
-
-    total = 0.0
-    with torch.no_grad(), model.mode(mode):
-        for start in range(0, len(pairs), batch_size):
-            batch = collate(pairs[start : start + batch_size], model.tokenizer.pad_token_id)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            total += float(sequence_ce(model(**batch).logits, labels).sum())
-    return total / max(1, len(pairs))
-
-
 def _meta_matches(path: Path, wanted: dict[str, Any]) -> bool:
     """True if ``path`` holds ``wanted``; False if it does not exist; an error if it holds something else."""
     if not path.is_file():
@@ -351,7 +338,7 @@ class SFTDefense(Defense):
     def _train(self) -> dict[str, torch.Tensor]:
         from accelerate import Accelerator
 
-        from mogu.train.batches import collate, sequence_ce, tokenize_pairs
+        from mogu.train.batches import collate, mean_response_ce, response_ce, tokenize_pairs
         from mogu.train.config import StageConfig
         from mogu.train.data import refusal_for
         from mogu.train.loop import Stage, TrainLog, run_stage
@@ -375,13 +362,12 @@ class SFTDefense(Defense):
 
         def loss(items: list) -> tuple[torch.Tensor, dict[str, float], int]:
             batch = {k: v.to(model.device) for k, v in collate(items, model.tokenizer.pad_token_id).items()}
-            labels = batch.pop("labels")
             with model.mode(SLOT):
-                ce = sequence_ce(model(**batch).logits, labels).mean()
+                ce = response_ce(model, batch).mean()
             return ce, {"loss": ce.item()}, int(batch["attention_mask"].sum())
 
         def validate() -> tuple[tuple[float, ...], dict[str, Any]]:
-            ce = _mean_ce(model, val_pairs, SLOT)
+            ce = mean_response_ce(model, val_pairs, SLOT)
             return (-ce,), {"val_ce": ce}
 
         stage_cfg = StageConfig(**cfg.model_dump(include=set(StageConfig.model_fields)))

@@ -8,9 +8,12 @@ counts them so the caller can log it.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
+import transformers.modeling_utils
 
 from mogu.model import MoGUModel, format_chat
 
@@ -67,17 +70,6 @@ def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def sequence_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over each sequence's response tokens: shape (batch,)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    token_ce = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(shift_labels.shape)
-    counts = (shift_labels != IGNORE).sum(-1).clamp(min=1)
-    return token_ce.sum(-1) / counts
-
-
 def decision_mask(labels: torch.Tensor) -> torch.Tensor:
     """Positions whose output chooses a response token: the last prompt token up to the second-last response token."""
     mask = torch.zeros_like(labels, dtype=torch.bool)
@@ -90,6 +82,48 @@ def gate_mask(labels: torch.Tensor, attention_mask: torch.Tensor, which: str, ro
     if which == "all":
         return attention_mask.bool()
     mask = decision_mask(labels)
-    if which == "routed":
-        mask &= mask.cumsum(dim=1) <= routed_tokens
+    if which in ("routed", "first"):
+        mask &= mask.cumsum(dim=1) <= (routed_tokens if which == "routed" else 1)
     return mask
+
+
+@cache
+def _keeps_logits_by_mask(model_class: type) -> bool:
+    """Whether ``model_class.forward`` computes logits only where a (batch, seq) boolean ``logits_to_keep``
+    says (transformers >= 5 has ``slice_logits_to_keep``; older ones and some remote code do not)."""
+    return hasattr(transformers.modeling_utils, "slice_logits_to_keep") and (
+        "logits_to_keep" in inspect.signature(model_class.forward).parameters)
+
+
+def response_ce(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over each sequence's response tokens, shape (batch,).
+
+    ``batch`` is ``collate``'s output on the model's device; ``model`` a
+    ``MoGUModel``, a PEFT model or a plain transformers model. Where the model
+    supports it, the vocabulary projection runs only at the positions that
+    predict a response token (on a small model it is otherwise about a fifth of
+    the work).
+    """
+    labels = batch["labels"]
+    keep = decision_mask(labels)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inner = model.base_model if isinstance(model, MoGUModel) else getattr(model, "get_base_model", lambda: model)()
+    if _keeps_logits_by_mask(type(inner)):
+        inputs["logits_to_keep"] = keep
+    logits = model(**inputs).logits
+    if logits.dim() == 3:  # all positions came back
+        logits = logits[keep]
+    token_ce = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    totals = torch.zeros(labels.shape[0], dtype=token_ce.dtype, device=token_ce.device).index_add(0, rows, token_ce)
+    return totals / keep.sum(-1).clamp(min=1)
+
+
+def mean_response_ce(model: MoGUModel, pairs: list[Pair], mode: str, batch_size: int = 16) -> float:
+    """``response_ce`` averaged over ``pairs`` in routing mode ``mode``, without gradients."""
+    total = 0.0
+    with torch.no_grad(), model.mode(mode):
+        for start in range(0, len(pairs), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(pairs[start : start + batch_size], model.tokenizer.pad_token_id).items()}
+            total += float(response_ce(model, batch).sum())
+    return total / max(1, len(pairs))

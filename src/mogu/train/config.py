@@ -88,11 +88,12 @@ class RouterStageConfig(StageConfig):
         description="'mse': squared error of the sigmoid gates against their targets, as in MoGU; 'bce': binary "
         "cross-entropy, whose gradient does not vanish when a gate saturates on the wrong side",
     )
-    gate_positions: Literal["decision", "routed", "all"] = Field(
+    gate_positions: Literal["first", "decision", "routed", "all"] = Field(
         "decision",
         description="positions under the gate loss: 'decision' = the positions whose output chooses a response "
         "token (last prompt token onwards), 'routed' = only the first routed_tokens of those (the ones routed at "
-        "inference), 'all' = every position as in the released code",
+        "inference), 'first' = only the last prompt token (whose gates choose the first response token), 'all' = "
+        "every position as in the released code",
     )
 
 

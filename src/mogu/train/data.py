@@ -178,6 +178,7 @@ def build_dataset(model: MoGUModel, records: list[Record], out: Path, max_respon
     with out.open("a", encoding="utf-8") as handle:
         # Test-split records are never trained on: they keep whatever responses they came with.
         need_answers = [r for r in todo if r.benign and r.compliant is None and r.split != "test"]
+        need_answers.sort(key=lambda r: len(r.instruction))  # batches of similar length: less padding
         others = [r for r in todo if r not in need_answers]
         for record in others:
             if record.compliant is None and record.split != "test":

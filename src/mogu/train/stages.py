@@ -14,8 +14,9 @@ import torch
 
 from mogu.config import DecodingConfig
 from mogu.eval.judges import RefusalJudge
+from mogu.generate import Generation
 from mogu.model import MoGUModel
-from mogu.train.batches import Pair, collate, gate_mask, sequence_ce, tokenize_pairs
+from mogu.train.batches import Pair, collate, gate_mask, mean_response_ce, response_ce, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig
 from mogu.train.data import Record
 from mogu.train.loop import Stage
@@ -24,31 +25,32 @@ from mogu.train.router_init import warm_start_routers
 _judge = RefusalJudge()
 
 
+def generate_all(model: MoGUModel, instructions: list[str], decoding: DecodingConfig, batch_size: int = 16) -> list[Generation]:
+    """Answers in the order given, generated in batches of similar length (less padding)."""
+    order = sorted(range(len(instructions)), key=lambda i: len(instructions[i]))
+    answers: list[Generation | None] = [None] * len(instructions)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, result in zip(chunk, model.generate([instructions[i] for i in chunk], decoding)):
+            answers[i] = result
+    return answers  # type: ignore[return-value]
+
+
+def refused(instructions: list[str], answers: list[Generation]) -> list[bool]:
+    """The keyword judge's verdict on each answer's opening."""
+    return [bool(_judge.judge(i, a.text).refused) for i, a in zip(instructions, answers)]
+
+
 def refusal_rate(model: MoGUModel, instructions: list[str], decoding: DecodingConfig, batch_size: int = 16) -> float:
     """Fraction of instructions whose generated opening the keyword judge calls a refusal."""
     if not instructions:
         return float("nan")
-    refused = 0
-    for start in range(0, len(instructions), batch_size):
-        chunk = instructions[start : start + batch_size]
-        for instruction, result in zip(chunk, model.generate(chunk, decoding)):
-            refused += bool(_judge.judge(instruction, result.text).refused)
-    return refused / len(instructions)
+    return sum(refused(instructions, generate_all(model, instructions, decoding, batch_size))) / len(instructions)
 
 
 def ratio_loss(ce_wanted: torch.Tensor, ce_unwanted: torch.Tensor, floor: float, ceiling: float) -> torch.Tensor:
     """MoGU's expert loss CE(wanted) / CE(unwanted), with the denominator clamped (see ExpertStageConfig)."""
     return (ce_wanted / ce_unwanted.clamp(min=floor, max=ceiling)).mean()
-
-
-def _mean_ce(model: MoGUModel, pairs: list[Pair], mode: str, batch_size: int = 16) -> float:
-    total = 0.0
-    with torch.no_grad(), model.mode(mode):
-        for start in range(0, len(pairs), batch_size):
-            batch = {k: v.to(model.device) for k, v in collate(pairs[start : start + batch_size], model.tokenizer.pad_token_id).items()}
-            labels = batch.pop("labels")
-            total += float(sequence_ce(model(**batch).logits, labels).sum())
-    return total / max(1, len(pairs))
 
 
 def expert_stage(name: str, model: MoGUModel, records: list[Record], config: TrainConfig, log_truncated: Callable[[str, int], None]) -> Stage:
@@ -78,14 +80,13 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     decoding = DecodingConfig(max_new_tokens=stage_cfg.val_tokens, routed_tokens=stage_cfg.val_tokens, mode=name)
     # The expert is still at its initialisation (LoRA B = 0) here, even when the stage resumes
     # (checkpoints are loaded later), so this is the base model's own fluency.
-    baseline = _mean_ce(model, fluency_pairs, name)
+    baseline = mean_response_ce(model, fluency_pairs, name)
 
     def loss(batch_items: list[tuple[Pair, Pair]]) -> tuple[torch.Tensor, dict[str, float], int]:
         pairs = [w for w, _ in batch_items] + [u for _, u in batch_items]
         batch = {k: v.to(model.device) for k, v in collate(pairs, model.tokenizer.pad_token_id).items()}
-        labels = batch.pop("labels")
         with model.mode(name):
-            ce = sequence_ce(model(**batch).logits, labels)
+            ce = response_ce(model, batch)
         ce_want, ce_unwant = ce[: len(batch_items)], ce[len(batch_items) :]
         ratio = ratio_loss(ce_want, ce_unwant, stage_cfg.ratio_floor, stage_cfg.ratio_ceiling)
         metrics = {"loss": ratio.item(), "ce_wanted": ce_want.mean().item(), "ce_unwanted": ce_unwant.mean().item()}
@@ -94,7 +95,7 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     def validate() -> tuple[tuple[float, ...] | None, dict]:
         rate = refusal_rate(model, [r.instruction for r in val], decoding)
         behaviour = 1 - rate if wants_harmful else rate
-        fluency = _mean_ce(model, fluency_pairs, name)
+        fluency = mean_response_ce(model, fluency_pairs, name)
         eligible = fluency - baseline <= stage_cfg.max_fluency_increase
         metrics = {"comply_rate" if wants_harmful else "refusal_rate": behaviour, "fluency_ce": fluency, "eligible": eligible}
         return ((behaviour, -fluency) if eligible else None), metrics
@@ -133,46 +134,39 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     tokenized = tokenize_pairs(model, [(r.instruction, target(r)) for r in train], config.max_length, max_resp)
     log_truncated("router", tokenized.truncated)
     items = [(pair, r.benign) for pair, r in zip(tokenized.pairs, train)]
-    val_pairs = tokenize_pairs(model, [(r.instruction, target(r)) for r in val], config.max_length, max_resp).pairs
-    decoding = DecodingConfig(max_new_tokens=config.glad.val_tokens, routed_tokens=config.routed_tokens)
-
-    def gates_and_ce(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
-        labels = batch.pop("labels")
-        with model.mode("mogu", record=True):
-            ce = sequence_ce(model(**batch).logits, labels)
-        gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
-        model.state.gates.clear()
-        positions = gate_mask(labels, batch["attention_mask"], stage_cfg.gate_positions, config.routed_tokens)
-        return ce, gates, positions, batch
+    decoding = DecodingConfig(max_new_tokens=config.glad.val_tokens, routed_tokens=config.routed_tokens, return_gates=True)
 
     def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:
-        ce, gates, positions, batch = gates_and_ce(batch_items)
+        batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
+        with model.mode("mogu", record=True):
+            ce = response_ce(model, batch)
+        gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
+        model.state.gates.clear()
+        positions = gate_mask(batch["labels"], batch["attention_mask"], stage_cfg.gate_positions, config.routed_tokens)
         gate_loss = router_gate_loss(gates, [b for _, b in batch_items], positions, stage_cfg.gate_loss)
         total = ce.mean() + stage_cfg.alpha * gate_loss
         return total, {"loss": total.item(), "ce": ce.mean().item(), "gate_loss": gate_loss.item()}, int(batch["attention_mask"].sum())
 
     def validate() -> tuple[tuple[float, ...] | None, dict]:
-        correct, glad = 0, {True: [], False: []}
-        with torch.no_grad():
-            for start in range(0, len(val_pairs), 16):
-                chunk = list(zip(val_pairs[start : start + 16], [r.benign for r in val[start : start + 16]]))
-                _, gates, positions, _ = gates_and_ce(chunk)
-                first = positions.float().argmax(dim=1)  # the last prompt token: the first decision
-                at = gates[torch.arange(len(chunk)), :, first]  # (B, L, 2)
-                margin = (at[..., 1] - at[..., 0]).mean(-1)
-                for (_, benign), m, g in zip(chunk, margin.tolist(), at[..., 1].mean(-1).tolist()):
-                    correct += (m > 0) == benign
-                    glad[benign].append(g)
-        harmful_val = [r.instruction for r in val if not r.benign]
-        benign_val = [r.instruction for r in val if r.benign]
-        harmful_refusal = refusal_rate(model, harmful_val, decoding)
-        benign_refusal = refusal_rate(model, benign_val, decoding)
+        instructions = [r.instruction for r in val]
+        answers = generate_all(model, instructions, decoding)
+        verdicts = refused(instructions, answers)
+        # the gates of the first routed token were computed at the last prompt position: the first decision
+        first = torch.stack([a.gates[0] for a in answers])  # (N, L, 2)
+        margin = (first[..., 1] - first[..., 0]).mean(-1)
+        glad = first[..., 1].mean(-1)
+        benign = torch.tensor([r.benign for r in val])
+
+        def mean(values: list, where: torch.Tensor) -> float:
+            picked = [v for v, w in zip(values, where.tolist()) if w]
+            return sum(picked) / max(1, len(picked))
+
+        harmful_refusal, benign_refusal = mean(verdicts, ~benign), mean(verdicts, benign)
         balanced = (harmful_refusal + 1 - benign_refusal) / 2
         metrics = {
-            "gate_accuracy": correct / max(1, len(val_pairs)),
-            "glad_weight_benign": sum(glad[True]) / max(1, len(glad[True])),
-            "glad_weight_harmful": sum(glad[False]) / max(1, len(glad[False])),
+            "gate_accuracy": float(((margin > 0) == benign).float().mean()) if len(val) else 0.0,
+            "glad_weight_benign": mean(glad.tolist(), benign),
+            "glad_weight_harmful": mean(glad.tolist(), ~benign),
             "harmful_refusal": harmful_refusal,
             "benign_refusal": benign_refusal,
             "balanced": balanced,
