@@ -17,7 +17,7 @@ from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
 from mogu.train.pipeline import OutputExistsError, train
-from mogu.train.stages import ratio_loss, router_gate_loss
+from mogu.train.stages import class_weights, ratio_loss, router_gate_loss
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -254,3 +254,17 @@ def test_gate_loss_bce_keeps_a_gradient_where_mse_saturates():
     assert abs(grads["mse"][0, 0, 0, 1]) < 1e-4  # squared error: the wrong-side gate hardly moves
     assert grads["bce"][0, 0, 0, 1] == pytest.approx(-1.0, abs=1e-3)  # cross-entropy: full gradient towards glad
     assert router_gate_loss(torch.tensor([[[[0.0, 1.0]]]]), [True], torch.tensor([[True]]), "bce") < 1e-5
+
+
+def test_class_balanced_weights_give_each_class_half_of_the_gate_loss():
+    benign = [True, True, True, False]
+    weights = class_weights(benign, balance=True)
+    assert weights.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2]) and weights.sum() == pytest.approx(1)
+    assert class_weights(benign, balance=False).tolist() == pytest.approx([0.25] * 4)
+    assert class_weights([True, True], balance=True).tolist() == pytest.approx([0.5, 0.5])  # one class: uniform
+    # every benign gate is perfect and the harmful one is wrong: balanced, the harmful example carries half the loss
+    gates = torch.tensor([[0.0, 1.0]] * 3 + [[0.5, 0.5]])[:, None, None, :]  # (B4, L1, T1, 2)
+    positions = torch.ones(4, 1, dtype=torch.bool)
+    wrong = router_gate_loss(gates[3:], [False], positions[3:], "mse")
+    assert router_gate_loss(gates, benign, positions, "mse") == pytest.approx(wrong / 4)
+    assert router_gate_loss(gates, benign, positions, "mse", weights) == pytest.approx(wrong / 2)

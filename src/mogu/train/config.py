@@ -66,7 +66,7 @@ class RouterStageConfig(StageConfig):
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     max_examples: int | None = Field(384, ge=1)
-    eval_every: int = Field(12, ge=1)
+    eval_every: int = Field(6, ge=1)
     alpha: float = Field(2.0, ge=0)
     probe_init: bool = Field(
         True, description="warm-start each router from a linear probe on its own inputs (train/router_init.py); "
@@ -83,6 +83,11 @@ class RouterStageConfig(StageConfig):
         "wording gives the label away and would dominate the fit)"
     )
     probe_steps: int = Field(100, ge=1, description="L-BFGS iterations per layer")
+    class_balance: bool = Field(
+        False, description="weigh harmful and benign examples so that each class has half of every batch's loss (CE "
+        "and gate loss), as the probes are fitted (the seed train split is 40% harmful); measured: it made the routed "
+        "model refuse more of both (docs/TRAINING.md), so it is off by default"
+    )
     gate_loss: Literal["mse", "bce"] = Field(
         "bce",
         description="'mse': squared error of the sigmoid gates against their targets, as in MoGU; 'bce': binary "

@@ -103,12 +103,25 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     return Stage(name, stage_cfg, items, loss, validate)
 
 
-def router_gate_loss(gates: torch.Tensor, benign: list[bool], positions: torch.Tensor, kind: str) -> torch.Tensor:
+def class_weights(benign: list[bool], balance: bool) -> torch.Tensor:
+    """Per-example weights summing to 1: uniform, or with ``balance`` an equal share for each class present."""
+    flags = torch.tensor(benign)
+    if not balance:
+        return torch.full((len(benign),), 1 / len(benign))
+    counts = {True: int(flags.sum()), False: int((~flags).sum())}
+    present = sum(1 for n in counts.values() if n)
+    return torch.tensor([1 / (present * counts[b]) for b in benign])
+
+
+def router_gate_loss(
+    gates: torch.Tensor, benign: list[bool], positions: torch.Tensor, kind: str, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """MoGU's gate loss: err(w_unwill, t_unwill) + err(w_glad, t_glad), each averaged over layers and the
     masked positions; targets (0, 1) for benign, (1, 0) for harmful.
 
     ``gates`` is (batch, layers, seq, 2), ``positions`` (batch, seq) bool. ``kind`` "mse" is the paper's
-    squared error, "bce" the binary cross-entropy (see ``RouterStageConfig.gate_loss``).
+    squared error, "bce" the binary cross-entropy (see ``RouterStageConfig.gate_loss``). ``weights``
+    (batch,) weighs each example's positions in the average (default: all alike).
     """
     targets = torch.tensor([[0.0, 1.0] if b else [1.0, 0.0] for b in benign], device=gates.device)
     targets = targets[:, None, None, :].expand_as(gates)
@@ -118,8 +131,9 @@ def router_gate_loss(gates: torch.Tensor, benign: list[bool], positions: torch.T
         err = -(targets * p.log() + (1 - targets) * (1 - p).log())
     else:
         err = (gates - targets) ** 2
-    weight = positions[:, None, :, None].float().expand_as(err)
-    return ((err * weight).sum(dim=(0, 1, 2)) / weight.sum(dim=(0, 1, 2)).clamp(min=1)).sum()
+    weight = positions.float() if weights is None else positions.float() * weights.to(gates.device)[:, None]
+    weight = weight[:, None, :, None].expand_as(err)
+    return ((err * weight).sum(dim=(0, 1, 2)) / weight.sum(dim=(0, 1, 2)).clamp(min=1e-12)).sum()
 
 
 def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, log_truncated: Callable[[str, int], None]) -> Stage:
@@ -143,9 +157,12 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
         gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
         model.state.gates.clear()
         positions = gate_mask(batch["labels"], batch["attention_mask"], stage_cfg.gate_positions, config.routed_tokens)
-        gate_loss = router_gate_loss(gates, [b for _, b in batch_items], positions, stage_cfg.gate_loss)
-        total = ce.mean() + stage_cfg.alpha * gate_loss
-        return total, {"loss": total.item(), "ce": ce.mean().item(), "gate_loss": gate_loss.item()}, int(batch["attention_mask"].sum())
+        benign = [b for _, b in batch_items]
+        weights = class_weights(benign, stage_cfg.class_balance).to(ce.device)
+        gate_loss = router_gate_loss(gates, benign, positions, stage_cfg.gate_loss, weights)
+        weighted_ce = (weights * ce).sum()
+        total = weighted_ce + stage_cfg.alpha * gate_loss
+        return total, {"loss": total.item(), "ce": weighted_ce.item(), "gate_loss": gate_loss.item()}, int(batch["attention_mask"].sum())
 
     def validate() -> tuple[tuple[float, ...] | None, dict]:
         instructions = [r.instruction for r in val]
