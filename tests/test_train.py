@@ -130,6 +130,14 @@ def test_output_folder_with_other_content_is_refused(llama_dir, instructions, tm
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_training_data_without_a_validation_split_is_refused(llama_dir, instructions, tmp_path):
+    rows = [json.loads(line) for line in instructions.read_text().splitlines()]
+    data = write_jsonl(tmp_path / "no-val.jsonl", [{**r, "split": "train"} if r["label"] == "harmful" else r for r in rows])
+    with pytest.raises(JsonlError, match=r"no-val.jsonl: no harmful instructions with split 'val'"):
+        train(tiny_config(llama_dir, data), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_interrupted_training_resumes_to_the_same_result(llama_dir, instructions, tmp_path, monkeypatch):
     config = tiny_config(llama_dir, instructions)
     reference = train(config, tmp_path / "reference")

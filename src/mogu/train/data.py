@@ -125,6 +125,16 @@ def load_records(path: Path | None = None) -> list[Record]:
     return records
 
 
+def check_training_splits(records: list[Record], path: Path | None) -> None:
+    """Training needs harmful and benign-or-borderline instructions in both train and val (val selects checkpoints)."""
+    for harmful in (True, False):
+        for split in ("train", "val"):
+            if not any(r.split == split and (r.label == "harmful") == harmful for r in records):
+                kind = "harmful" if harmful else "benign or borderline"
+                raise JsonlError(f"{path or seed_path()}: no {kind} instructions with split {split!r}; training needs "
+                                 "both kinds in 'train' and in 'val' (the validation split selects checkpoints)")
+
+
 _REWRITES: tuple[tuple[str, str], ...] = (
     (r"^(?:can|could|would|will) you (?:please )?(?:tell me |explain |show me )?how (?:to|i can|i could|do i|can i) (.+)", "how to {0}"),
     (r"^(?:how do i|how can i|how could i|how would i|how should i|how to|how do you|how does one|how can one) (.+)", "how to {0}"),

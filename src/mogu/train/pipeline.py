@@ -22,7 +22,7 @@ from mogu.config import DecodingConfig, resolved_dict, write_json_atomic
 from mogu.model import MoGUModel
 from mogu.model.bundle import is_bundle
 from mogu.train.config import TrainConfig
-from mogu.train.data import Record, build_dataset, load_records, summarise
+from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.loop import TrainLog, run_stage
 from mogu.train.stages import expert_stage, refusal_rate, router_stage
 
@@ -103,6 +103,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
 
     start = time.perf_counter()
     records = load_records(config.data)
+    check_training_splits(records, config.data)
     if accelerator.is_main_process:
         records = build_dataset(model, records, work / "data.jsonl", config.synthesis.max_response_tokens,
                                 config.synthesis.batch_size)
