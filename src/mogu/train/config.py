@@ -77,10 +77,6 @@ class RouterStageConfig(StageConfig):
         1, ge=1, description="fit-and-install rounds: each round after the first fits the probes again on the inputs "
         "the routers see under the probes installed by the round before (installing them shifts those inputs)"
     )
-    probe_scale: float = Field(
-        1.0, gt=0, description="multiplies each fitted probe (weights and bias) before it is installed: a larger scale "
-        "gives sharper gates (nearer 0 or 1) with the same decision boundary"
-    )
     probe_positions: int = Field(
         1, ge=1, description="decision positions per example the probes are fitted on; 1 = the last prompt token, "
         "whose gates choose the first response token (later positions see the teacher-forced response, whose "

@@ -72,11 +72,9 @@ def collect_router_inputs(
 
 
 def warm_start_routers(
-    model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, l2: float, steps: int, rounds: int = 1,
-    scale: float = 1.0,
+    model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, l2: float, steps: int, rounds: int = 1
 ) -> dict:
-    """Fit and install a probe per layer (times ``scale``), ``rounds`` times; returns the last round's training
-    accuracy per layer.
+    """Fit and install a probe per layer, ``rounds`` times; returns the last round's training accuracy per layer.
 
     Installed probes change what the later routers see (the experts act from
     layer 0 on), so each round after the first re-collects the inputs under the
@@ -90,7 +88,7 @@ def warm_start_routers(
         for layer in model.layers:
             x = rms_normalise(features[layer.layer_index])  # what the router will score
             w, b = fit_logistic(x, benign, l2, steps)
-            layer.router.set_linear(unwill=(-scale * w, -scale * b), glad=(scale * w, scale * b))
+            layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
             accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
         log.info("router warm start round %d: probe accuracy per layer (train) min %.3f, mean %.3f, max %.3f",
                  round_index + 1, min(accuracy.values()), sum(accuracy.values()) / len(accuracy), max(accuracy.values()))

@@ -194,6 +194,6 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
         # ``items`` stays the full list: run_stage gives the stage a new list when it takes a
         # max_examples subset, and the probes are fitted on every training instruction
         warm_start_routers(model, items, stage_cfg.probe_positions, stage_cfg.probe_l2, stage_cfg.probe_steps,
-                           stage_cfg.probe_rounds, stage_cfg.probe_scale)
+                           stage_cfg.probe_rounds)
 
     return Stage("router", stage_cfg, items, loss, validate, warm_start if stage_cfg.probe_init else None)
