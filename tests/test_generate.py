@@ -138,6 +138,17 @@ def test_gates_per_routed_token_and_layer(mogu):
     assert generate(mogu, PROMPTS[:1], GREEDY)[0].gates is None
 
 
+def test_first_routed_gates_are_those_at_the_last_prompt_token(mogu):
+    # the router validation reads the first decision's gates from the trace of a left-padded batch
+    results = generate(mogu, PROMPTS, GREEDY.model_copy(update={"return_gates": True}))
+    for prompt, result in zip(PROMPTS, results):
+        with torch.no_grad(), mogu.mode("mogu", record=True):
+            mogu(input_ids=prompt_ids(mogu, prompt))
+        expected = torch.stack([mogu.state.gates[i][0, -1] for i in mogu.config.layers])  # (layers, 2)
+        mogu.state.gates.clear()
+        assert torch.allclose(result.gates[0], expected.float(), atol=1e-5)
+
+
 def test_chat_history_is_formatted_with_the_template(mogu):
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bake bread?"}]

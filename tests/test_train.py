@@ -135,7 +135,7 @@ def test_training_data_without_a_validation_split_is_refused(llama_dir, instruct
     data = write_jsonl(tmp_path / "no-val.jsonl", [{**r, "split": "train"} if r["label"] == "harmful" else r for r in rows])
     with pytest.raises(JsonlError, match=r"no-val.jsonl: no harmful instructions with split 'val'"):
         train(tiny_config(llama_dir, data), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
 
 def test_interrupted_training_resumes_to_the_same_result(llama_dir, instructions, tmp_path, monkeypatch):

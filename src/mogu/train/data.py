@@ -129,7 +129,7 @@ def check_training_splits(records: list[Record], path: Path | None) -> None:
     """Training needs harmful and benign-or-borderline instructions in both train and val (val selects checkpoints)."""
     for harmful in (True, False):
         for split in ("train", "val"):
-            if not any(r.split == split and (r.label == "harmful") == harmful for r in records):
+            if not any(r.split == split and r.benign != harmful for r in records):
                 kind = "harmful" if harmful else "benign or borderline"
                 raise JsonlError(f"{path or seed_path()}: no {kind} instructions with split {split!r}; training needs "
                                  "both kinds in 'train' and in 'val' (the validation split selects checkpoints)")

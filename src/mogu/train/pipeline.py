@@ -80,6 +80,8 @@ def evaluate_seed_split(model: MoGUModel, records: list[Record], split: str, max
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path:
     """Run (or resume) the whole pipeline and write the bundle to ``out``."""
     out = Path(out)
+    records = load_records(config.data)
+    check_training_splits(records, config.data)  # before anything is loaded or written
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
     work, done = prepare_output(config, out, overwrite)
     if done:
@@ -102,8 +104,6 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    records = load_records(config.data)
-    check_training_splits(records, config.data)
     if accelerator.is_main_process:
         records = build_dataset(model, records, work / "data.jsonl", config.synthesis.max_response_tokens,
                                 config.synthesis.batch_size)

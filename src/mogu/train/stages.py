@@ -105,10 +105,9 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
 
 def class_weights(benign: list[bool], balance: bool) -> torch.Tensor:
     """Per-example weights summing to 1: uniform, or with ``balance`` an equal share for each class present."""
-    flags = torch.tensor(benign)
     if not balance:
         return torch.full((len(benign),), 1 / len(benign))
-    counts = {True: int(flags.sum()), False: int((~flags).sum())}
+    counts = {True: sum(benign), False: len(benign) - sum(benign)}
     present = sum(1 for n in counts.values() if n)
     return torch.tensor([1 / (present * counts[b]) for b in benign])
 
@@ -167,23 +166,19 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     def validate() -> tuple[tuple[float, ...] | None, dict]:
         instructions = [r.instruction for r in val]
         answers = generate_all(model, instructions, decoding)
-        verdicts = refused(instructions, answers)
+        verdicts = torch.tensor(refused(instructions, answers), dtype=torch.float32)
         # the gates of the first routed token were computed at the last prompt position: the first decision
         first = torch.stack([a.gates[0] for a in answers])  # (N, L, 2)
         margin = (first[..., 1] - first[..., 0]).mean(-1)
         glad = first[..., 1].mean(-1)
         benign = torch.tensor([r.benign for r in val])
-
-        def mean(values: list, where: torch.Tensor) -> float:
-            picked = [v for v, w in zip(values, where.tolist()) if w]
-            return sum(picked) / max(1, len(picked))
-
-        harmful_refusal, benign_refusal = mean(verdicts, ~benign), mean(verdicts, benign)
+        # check_training_splits guarantees both kinds in val
+        harmful_refusal, benign_refusal = float(verdicts[~benign].mean()), float(verdicts[benign].mean())
         balanced = (harmful_refusal + 1 - benign_refusal) / 2
         metrics = {
-            "gate_accuracy": float(((margin > 0) == benign).float().mean()) if len(val) else 0.0,
-            "glad_weight_benign": mean(glad.tolist(), benign),
-            "glad_weight_harmful": mean(glad.tolist(), ~benign),
+            "gate_accuracy": float(((margin > 0) == benign).float().mean()),
+            "glad_weight_benign": float(glad[benign].mean()),
+            "glad_weight_harmful": float(glad[~benign].mean()),
             "harmful_refusal": harmful_refusal,
             "benign_refusal": benign_refusal,
             "balanced": balanced,
