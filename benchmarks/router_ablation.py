@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mogu.config import write_json_atomic
 from mogu.train.config import TrainConfig
-from mogu.train.pipeline import prepare_output, train
+from mogu.train.pipeline import LAYERS_FILE, prepare_output, train
 
 
 def seeded_work_folder(bundle: Path, out: Path, config: TrainConfig) -> None:
@@ -32,8 +32,9 @@ def seeded_work_folder(bundle: Path, out: Path, config: TrainConfig) -> None:
     """
     shutil.rmtree(out, ignore_errors=True)
     work, _ = prepare_output(config, out, overwrite=True)  # replaces a work folder with another config
-    if not (work / "data.jsonl").is_file():
-        shutil.copy(bundle / "data.jsonl", work / "data.jsonl")
+    for name in ("data.jsonl", LAYERS_FILE):  # the bundle's own data and layer choice
+        if (bundle / name).is_file() and not (work / name).is_file():
+            shutil.copy(bundle / name, work / name)
     selection = json.loads((bundle / "selection.json").read_text(encoding="utf-8"))
     for name in ("glad", "unwill"):
         if not (work / name / "selection.json").is_file():
@@ -50,6 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     saved = json.loads((args.bundle / "train_config.json").read_text(encoding="utf-8"))["config"]
+    saved.setdefault("select_layers", None)  # bundles from before layer selection route every layer
     for key, value in json.loads(args.overrides).items():
         saved[key] = {**saved[key], **value} if isinstance(value, dict) and isinstance(saved.get(key), dict) else value
     config = TrainConfig.model_validate(saved)

@@ -108,7 +108,11 @@ class TrainConfig(StrictModel):
     base: str = "default"
     data: Path | None = Field(None, description="instructions JSONL (see docs/DATA.md); None: the packaged seed data")
     target_module: str | None = None
-    layers: list[int] | None = None
+    layers: list[int] | None = Field(None, description="candidate layers to route (decoder-layer indices); None: all")
+    select_layers: int | None = Field(
+        6, ge=1, description="route only this many of the candidate layers: those whose inputs a linear probe "
+        "separates best on the validation split (MoGU v2; train/layer_select.py); None: route every candidate, as MoGU"
+    )
     expert: ExpertConfig = ExpertConfig()
     router: RouterConfig = RouterConfig()
     routed_tokens: int = Field(5, ge=1)
@@ -118,8 +122,9 @@ class TrainConfig(StrictModel):
     # The base model already complies with almost every harmful instruction, so the glad expert
     # needs few steps; the unwilling expert has to learn refusals from scratch.
     glad: ExpertStageConfig = ExpertStageConfig(max_examples=96, eval_every=6)
-    # A fresh unwilling expert is the base model, which refuses nothing: no need to validate it.
-    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=128, eval_every=8, validate_at_start=False)
+    # A fresh unwilling expert is the base model, which refuses nothing: no need to validate it. In 6 routed
+    # layers it needs about twice the steps it needs in all 30 to refuse every benign validation instruction.
+    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=256, eval_every=8, validate_at_start=False)
     router_stage: RouterStageConfig = RouterStageConfig()
     eval_max_new_tokens: int = Field(16, ge=1, description="tokens per answer when the finished bundle is evaluated")
 

@@ -23,12 +23,14 @@ from mogu.model import MoGUModel
 from mogu.model.bundle import is_bundle
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
+from mogu.train.layer_select import select_routed_layers
 from mogu.train.loop import TrainLog, run_stage
 from mogu.train.stages import expert_stage, refusal_rate, router_stage
 
 log = logging.getLogger(__name__)
 
 TRAIN_CONFIG = "train_config.json"
+LAYERS_FILE = "layers.json"
 EXTRA_FILES = (TRAIN_CONFIG, "train_log.jsonl", "data.jsonl", "selection.json", "evaluation.json")
 
 
@@ -97,10 +99,13 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
                      config.max_length, config.synthesis.max_response_tokens)
             train_log.write(stage=stage, truncated=count)
 
+    def load(layers: list[int] | None) -> MoGUModel:
+        return MoGUModel.from_base(config.base, target_module=config.target_module, layers=layers,
+                                   expert=config.expert, router=config.router, routed_tokens=config.routed_tokens,
+                                   device=accelerator.device)
+
     start = time.perf_counter()
-    model = MoGUModel.from_base(config.base, target_module=config.target_module, layers=config.layers,
-                                expert=config.expert, router=config.router, routed_tokens=config.routed_tokens,
-                                device=accelerator.device)
+    model = load(config.layers)
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -114,6 +119,16 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
     log.info("instructions per split and label: %s", counts)
     train_log.write(stage="data", counts=counts)
     timings["data"] = time.perf_counter() - start
+
+    if config.select_layers is not None:
+        start = time.perf_counter()
+        if accelerator.is_main_process:
+            select_routed_layers(model, records, config, work / LAYERS_FILE)
+        accelerator.wait_for_everyone()
+        selected = select_routed_layers(model, records, config, work / LAYERS_FILE)  # reads the file
+        train_log.write(stage="layers", selected=selected)
+        model = load(selected)
+        timings["layers"] = time.perf_counter() - start
 
     selection: dict[str, dict] = {}
     for name in ("glad", "unwill", "router"):
@@ -155,7 +170,8 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
         write_json_atomic(work / "evaluation.json", evaluation)
         write_json_atomic(work / "selection.json", {k: {kk: v[kk] for kk in ("selected_step", "score", "seconds")}
                                                       for k, v in selection.items()})
-        model.save_pretrained(out, extra_files={f: work / f for f in EXTRA_FILES})
+        extra = {f: work / f for f in EXTRA_FILES + (LAYERS_FILE,) if (work / f).is_file()}
+        model.save_pretrained(out, extra_files=extra)
         shutil.rmtree(work)
     accelerator.wait_for_everyone()
     return out

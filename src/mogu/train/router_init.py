@@ -20,6 +20,7 @@ import logging
 
 import torch
 
+from mogu.config import Mode
 from mogu.model import MoGUModel
 from mogu.model.router import rms_normalise
 from mogu.probe import fit_logistic
@@ -28,13 +29,19 @@ from mogu.train.batches import Pair, collate
 log = logging.getLogger(__name__)
 
 
-def collect_router_inputs(
-    model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, batch_size: int = 16
-) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Router inputs at the first ``positions`` decision positions of each example.
+def by_length(items: list[tuple[Pair, bool]]) -> list[tuple[Pair, bool]]:
+    """The items sorted by length, so that batches need little padding (the probes ignore order)."""
+    return sorted(items, key=lambda item: len(item[0].prompt) + len(item[0].response))
 
-    Returns ({layer: (N, d) float32}, benign labels (N,)). Collected in mode
-    ``mogu`` with the routers as they are (fresh routers give weights 0.5).
+
+def collect_router_inputs(
+    model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, batch_size: int = 16, mode: Mode = "mogu"
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Router inputs (the inputs of the routed projections) at the first ``positions`` decision positions.
+
+    Returns ({layer: (N, d) float32}, benign labels (N,)). Collected in
+    ``mode``: ``mogu`` with the routers as they are (fresh routers give
+    weights 0.5), ``base`` for what the routers of an expert-free model see.
     """
     captured: dict[int, list[torch.Tensor]] = {layer.layer_index: [] for layer in model.layers}
     current: dict[str, torch.Tensor] = {}
@@ -45,10 +52,10 @@ def collect_router_inputs(
 
         return grab
 
-    handles = [layer.router.register_forward_pre_hook(hook(layer.layer_index)) for layer in model.layers]
+    handles = [layer.register_forward_pre_hook(hook(layer.layer_index)) for layer in model.layers]
     labels = []
     try:
-        with torch.no_grad(), model.mode("mogu"):
+        with torch.no_grad(), model.mode(mode):
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 # decision positions: the last prompt token up to the second-last response token; the
@@ -64,7 +71,8 @@ def collect_router_inputs(
                     labels += [benign] * n
                 current["rows"], current["cols"] = torch.tensor(rows), torch.tensor(cols)
                 batch.pop("labels")
-                model(**{k: v.to(model.device) for k, v in batch.items()})
+                # the decoder stack only: the vocabulary projection would be wasted work
+                model.base_model.base_model(**{k: v.to(model.device) for k, v in batch.items()})
     finally:
         for handle in handles:
             handle.remove()
@@ -83,6 +91,7 @@ def warm_start_routers(
     if not model.config.router.input_norm:
         raise ValueError("the router warm start fits RMS-normalised inputs; set router.input_norm = true or disable probe_init")
     accuracy: dict[int, float] = {}
+    items = by_length(items)
     for round_index in range(rounds):
         features, benign = collect_router_inputs(model, items, positions)
         for layer in model.layers:

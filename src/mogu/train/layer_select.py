@@ -1,0 +1,80 @@
+"""Which layers to route: those whose inputs tell harmful from benign instructions apart best (MoGU v2).
+
+MoGU puts experts and a router in every layer. On the default model the early
+layers' inputs separate harmful from benign instructions worst (a linear probe
+at the last prompt token: about 0.8-0.85 balanced validation accuracy in
+layers 0-4, 0.9-0.95 from layer 10 on; docs/TRAINING.md), yet the routed model's
+behaviour is decided mostly there. MoGU v2 (arXiv 2509.06807) routes only the
+layers with "highly classifiable security features". Here that is measured,
+not guessed: a probe per layer is fitted on the training split and scored on
+the validation split, on the base model (no expert is active, so the scores
+do not depend on any later choice), and the best layers are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from mogu.config import write_json_atomic
+from mogu.model import MoGUModel
+from mogu.model.router import rms_normalise
+from mogu.probe import fit_logistic
+from mogu.train.batches import Pair, tokenize_pairs
+from mogu.train.config import TrainConfig
+from mogu.train.data import Record
+from mogu.train.router_init import by_length, collect_router_inputs
+
+log = logging.getLogger(__name__)
+
+
+def balanced_accuracy(scores: torch.Tensor, benign: torch.Tensor) -> float:
+    """Mean of the accuracies on benign (score > 0) and harmful (score <= 0) examples."""
+    predicted = scores > 0
+    truth = benign > 0.5
+    return float(((predicted[truth]).float().mean() + (~predicted[~truth]).float().mean()) / 2)
+
+
+def layer_separability(
+    model: MoGUModel, train: list[tuple[Pair, bool]], val: list[tuple[Pair, bool]], l2: float, steps: int
+) -> dict[int, float]:
+    """Balanced validation accuracy per routed layer of a probe fitted on the training items.
+
+    The probes read what a router would read (RMS-normalised projection
+    inputs at the last prompt token) with every expert off.
+    """
+    train_x, train_y = collect_router_inputs(model, train, positions=1, mode="base")
+    val_x, val_y = collect_router_inputs(model, val, positions=1, mode="base")
+    scores = {}
+    for layer in model.config.layers:
+        w, b = fit_logistic(rms_normalise(train_x[layer]), train_y, l2, steps)
+        scores[layer] = balanced_accuracy(rms_normalise(val_x[layer]) @ w + b, val_y)
+    return scores
+
+
+def best_layers(scores: dict[int, float], keep: int) -> list[int]:
+    """The ``keep`` best-scoring layers (all of them if there are fewer), in model order; ties go to the deeper layer."""
+    ranked = sorted(scores, key=lambda layer: (scores[layer], layer), reverse=True)
+    return sorted(ranked[:keep])
+
+
+def select_routed_layers(model: MoGUModel, records: list[Record], config: TrainConfig, path: Path) -> list[int]:
+    """Measure the layers, keep ``config.select_layers`` of them and record both in ``path`` (reused on resume)."""
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["selected"]
+    split_items = {}
+    for split in ("train", "val"):
+        chosen = [r for r in records if r.split == split]
+        # only the prompt is read: any one-token response will do
+        pairs = tokenize_pairs(model, [(r.instruction, r.refusal or ".") for r in chosen], config.max_length, 1).pairs
+        split_items[split] = by_length([(pair, r.benign) for pair, r in zip(pairs, chosen)])
+    probe = config.router_stage
+    scores = layer_separability(model, split_items["train"], split_items["val"], probe.probe_l2, probe.probe_steps)
+    selected = best_layers(scores, config.select_layers)
+    log.info("routed layers (best %d by validation probe accuracy): %s; accuracy per layer %s", len(selected),
+             selected, {k: round(v, 3) for k, v in scores.items()})
+    write_json_atomic(path, {"selected": selected, "balanced_val_accuracy": scores})
+    return selected
