@@ -1,7 +1,8 @@
 """Linear probes: class-balanced, L2-regularised logistic regression fitted with L-BFGS.
 
-Shared by the router warm start (``train/router_init.py``) and the
-detect-input baseline (``eval/defenses.py``).
+Shared by the layer selection (``train/layer_select.py``), the router warm
+start (``train/router_init.py``) and the detect-input baseline
+(``eval/defenses.py``).
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
         accelerator.wait_for_everyone()
         selected = select_routed_layers(model, records, config, work / LAYERS_FILE)  # reads the file
         train_log.write(stage="layers", selected=selected)
-        model = load(selected)
+        if selected != model.config.layers:
+            model = load(selected)
         timings["layers"] = time.perf_counter() - start
 
     selection: dict[str, dict] = {}
