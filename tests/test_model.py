@@ -127,6 +127,22 @@ def test_layer_restriction(tiny_dir):
     assert len(model.layers) == 1
 
 
+def test_route_only_equals_a_model_built_on_those_layers(tiny_dir):
+    # what the pipeline does after layer selection, instead of loading the base model a second time
+    torch.manual_seed(0)
+    model = MoGUModel.from_base(str(tiny_dir))
+    rng = torch.get_rng_state()
+    model.route_only([1])
+    torch.set_rng_state(rng)
+    reference = MoGUModel.from_base(str(tiny_dir), layers=[1])
+    assert model.config == reference.config and [layer.layer_index for layer in model.layers] == [1]
+    assert sum(isinstance(m, MoGULayer) for m in model.base_model.modules()) == 1
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(ValueError, match=r"layers \[0\] are not routed"):
+        model.route_only([0])
+
+
 def test_parameter_counts(llama_dir):
     paper = MoGUModel.from_base(str(llama_dir), router=RouterConfig(shape="paper", hidden=16)).parameter_counts()
     linear = MoGUModel.from_base(str(llama_dir), router=RouterConfig(shape="linear")).parameter_counts()

@@ -32,3 +32,9 @@ def fit_logistic(x: torch.Tensor, labels: torch.Tensor, l2: float, steps: int = 
     with torch.enable_grad():
         optimizer.step(closure)
     return w.detach(), float(b.detach())
+
+
+def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean per-class accuracy of 0/1 predictions (over the classes present in ``labels``)."""
+    rates = [float((predicted[labels == v] == v).float().mean()) for v in (0, 1) if (labels == v).any()]
+    return sum(rates) / len(rates)

@@ -48,7 +48,7 @@ from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel
 from mogu.model.bundle import ADAPTER_WEIGHTS
 from mogu.model.chat import ChatInput, format_chat
-from mogu.probe import fit_logistic
+from mogu.probe import balanced_accuracy, fit_logistic
 
 log = logging.getLogger(__name__)
 
@@ -567,11 +567,6 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, layer: int, l2: floa
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     w, b = fit_logistic((x - mean) / std, labels, l2, steps)
     return LinearProbe(layer, w, b, mean, std)
-
-
-def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
-    rates = [float((predicted[labels == v] == v).float().mean()) for v in (0, 1) if (labels == v).any()]
-    return sum(rates) / len(rates)
 
 
 @torch.no_grad()

@@ -80,19 +80,38 @@ class MoGUModel(nn.Module):
         self.config = config
         self.state = RoutingState()
         base_model.requires_grad_(False)
+        self.layers: list[MoGULayer] = self._inject()  # a plain list: the modules are registered inside base_model
+        self.eval()
+
+    def _inject(self) -> list[MoGULayer]:
+        """Replace each target projection of ``self.config`` by a new ``MoGULayer`` around it."""
         layers = []
-        for name, index in zip(config.target_modules, config.layers):
+        for name, index in zip(self.config.target_modules, self.config.layers):
             parent_name, _, child = name.rpartition(".")
-            parent = base_model.get_submodule(parent_name)
+            parent = self.base_model.get_submodule(parent_name)
             original = getattr(parent, child)
-            layer = MoGULayer(original, index, config.expert, config.router, self.state)
+            layer = MoGULayer(original, index, self.config.expert, self.config.router, self.state)
             layer.lora_A.to(original.weight.device)
             layer.lora_B.to(original.weight.device)
             layer.router.to(original.weight.device)
             setattr(parent, child, layer)
             layers.append(layer)
-        self.layers: list[MoGULayer] = layers  # a plain list: the modules are registered inside base_model
-        self.eval()
+        return layers
+
+    def route_only(self, layers: list[int]) -> None:
+        """Route just ``layers`` from now on, with new experts and routers (as ``from_base`` with ``layers`` gives).
+
+        The other projections get their base projection back; no weights are
+        loaded again.
+        """
+        kept = [(name, index) for name, index in zip(self.config.target_modules, self.config.layers) if index in layers]
+        if len(kept) != len(set(layers)):
+            raise ValueError(f"layers {sorted(set(layers) - set(self.config.layers))} are not routed in this model")
+        for name, layer in zip(self.config.target_modules, self.layers):
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.base_model.get_submodule(parent_name), child, layer.base_layer)
+        self.config = self.config.model_copy(update={"target_modules": [n for n, _ in kept], "layers": [i for _, i in kept]})
+        self.layers = self._inject()
 
     # ----------------------------------------------------------------- building
     @classmethod

@@ -22,20 +22,13 @@ import torch
 from mogu.config import write_json_atomic
 from mogu.model import MoGUModel
 from mogu.model.router import rms_normalise
-from mogu.probe import fit_logistic
+from mogu.probe import balanced_accuracy, fit_logistic
 from mogu.train.batches import Pair, tokenize_pairs
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record
 from mogu.train.router_init import by_length, collect_router_inputs
 
 log = logging.getLogger(__name__)
-
-
-def balanced_accuracy(scores: torch.Tensor, benign: torch.Tensor) -> float:
-    """Mean of the accuracies on benign (score > 0) and harmful (score <= 0) examples."""
-    predicted = scores > 0
-    truth = benign > 0.5
-    return float(((predicted[truth]).float().mean() + (~predicted[~truth]).float().mean()) / 2)
 
 
 def layer_separability(
@@ -51,7 +44,7 @@ def layer_separability(
     scores = {}
     for layer in model.config.layers:
         w, b = fit_logistic(rms_normalise(train_x[layer]), train_y, l2, steps)
-        scores[layer] = balanced_accuracy(rms_normalise(val_x[layer]) @ w + b, val_y)
+        scores[layer] = balanced_accuracy((rms_normalise(val_x[layer]) @ w + b > 0).long(), val_y.long())
     return scores
 
 
@@ -69,7 +62,7 @@ def select_routed_layers(model: MoGUModel, records: list[Record], config: TrainC
     for split in ("train", "val"):
         chosen = [r for r in records if r.split == split]
         # only the prompt is read: any one-token response will do
-        pairs = tokenize_pairs(model, [(r.instruction, r.refusal or ".") for r in chosen], config.max_length, 1).pairs
+        pairs = tokenize_pairs(model, [(r.instruction, ".") for r in chosen], config.max_length, 1).pairs
         split_items[split] = by_length([(pair, r.benign) for pair, r in zip(pairs, chosen)])
     probe = config.router_stage
     scores = layer_separability(model, split_items["train"], split_items["val"], probe.probe_l2, probe.probe_steps)

@@ -99,13 +99,10 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
                      config.max_length, config.synthesis.max_response_tokens)
             train_log.write(stage=stage, truncated=count)
 
-    def load(layers: list[int] | None) -> MoGUModel:
-        return MoGUModel.from_base(config.base, target_module=config.target_module, layers=layers,
-                                   expert=config.expert, router=config.router, routed_tokens=config.routed_tokens,
-                                   device=accelerator.device)
-
     start = time.perf_counter()
-    model = load(config.layers)
+    model = MoGUModel.from_base(config.base, target_module=config.target_module, layers=config.layers,
+                                expert=config.expert, router=config.router, routed_tokens=config.routed_tokens,
+                                device=accelerator.device)
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -128,7 +125,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
         selected = select_routed_layers(model, records, config, work / LAYERS_FILE)  # reads the file
         train_log.write(stage="layers", selected=selected)
         if selected != model.config.layers:
-            model = load(selected)
+            model.route_only(selected)
         timings["layers"] = time.perf_counter() - start
 
     selection: dict[str, dict] = {}
