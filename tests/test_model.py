@@ -180,3 +180,6 @@ def test_router_set_linear_is_exact(shape):
     x = torch.randn(5, 12)
     expected = torch.sigmoid(torch.stack([x @ w_u + 0.3, x @ w_g - 0.2], dim=-1))
     assert torch.allclose(router(x), expected, atol=1e-5)
+    router.shift_towards_glad(0.7)
+    shifted = torch.sigmoid(torch.stack([x @ w_u + 0.3 - 0.7, x @ w_g - 0.2 + 0.7], dim=-1))
+    assert torch.allclose(router(x), shifted, atol=1e-5)

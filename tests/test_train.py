@@ -17,7 +17,7 @@ from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
 from mogu.train.pipeline import OutputExistsError, train
-from mogu.train.stages import class_weights, ratio_loss, router_gate_loss
+from mogu.train.stages import class_weights, ratio_loss, router_decoding, router_gate_loss, routed_validation
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -103,9 +103,10 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     out = train(tiny_config(llama_dir, instructions), tmp_path / "bundle")
     names = {p.name for p in out.iterdir()}
     assert {"mogu_config.json", "glad", "unwill", "router.safetensors", "train_config.json", "train_log.jsonl",
-            "data.jsonl", "selection.json", "evaluation.json"} <= names
+            "data.jsonl", "selection.json", "evaluation.json", "layers.json", "calibration.json"} <= names
     assert not (tmp_path / "bundle.work").exists()
     saved = json.loads((out / "train_config.json").read_text())
+    saved_config = TrainConfig.model_validate(saved["config"])
     assert saved["config"]["base"] == str(llama_dir) and "git_commit" in saved["provenance"]
     data = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
     assert len(data) == 22 and all(d["compliant"] and d["refusal"] for d in data if d["split"] != "test")
@@ -116,7 +117,12 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     assert ("glad", 0) in validated and ("unwill", 0) not in validated and ("unwill", 2) in validated
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert set(evaluation["refusal_rate"]) == {"harmful", "borderline"}
-    MoGUModel.from_pretrained(out)
+    # the bundle's routers are the calibrated ones: they answer the validation split as measured for the chosen shift
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert set(calibration["validation"]) == {"0.0", "0.5", "1.0", "1.5", "2.0"}
+    val = [r for r in load_records(out / "data.jsonl") if r.split == "val"]
+    behaviour = routed_validation(MoGUModel.from_pretrained(out), val, router_decoding(saved_config))
+    assert behaviour == pytest.approx(calibration["validation"][str(calibration["shift"])])
     # the same command again finds the bundle done
     assert train(tiny_config(llama_dir, instructions), out) == out
 
@@ -297,3 +303,32 @@ def test_pipeline_routes_only_the_layers_that_separate_best(llama_dir, instructi
     assert model.config.layers == measured["selected"] and len(model.layers) == 1
     assert set(load_file(str(out / "router.safetensors"))) == {
         f"layers.{measured['selected'][0]}.{k}" for k in model.layers[0].router.state_dict()}
+
+
+def test_calibration_applies_the_best_validation_shift_once_even_after_an_interruption(
+    llama_dir, instructions, tmp_path, monkeypatch
+):
+    from mogu.train import calibrate, pipeline
+
+    uncalibrated = train(tiny_config(llama_dir, instructions, calibration={"shifts": []}), tmp_path / "uncalibrated")
+    assert not (uncalibrated / "calibration.json").exists()
+    # a random tiny model refuses nothing whatever the shift: stand in for the measurement, shifts in sorted order
+    measured = iter([0.6, 0.9, 0.7])
+    monkeypatch.setattr(calibrate, "routed_validation", lambda *args: {"balanced": next(measured)})
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "evaluate_seed_split", interrupt)
+    config = tiny_config(llama_dir, instructions, calibration={"shifts": [2.0, -1.0, 1.0]})
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "calibrated")
+    monkeypatch.undo()  # a second measurement would now fail: the resumed run must reuse the recorded choice
+    monkeypatch.setattr(calibrate, "routed_validation", None)
+    out = train(config, tmp_path / "calibrated")
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["shift"] == 1.0 and set(calibration["validation"]) == {"0.0", "-1.0", "1.0", "2.0"}
+    before, after = load_file(str(uncalibrated / "router.safetensors")), load_file(str(out / "router.safetensors"))
+    for key, value in before.items():
+        change = {"glad.bias": 1.0, "unwill.bias": -1.0}.get(key.split(".", 2)[-1], 0.0)
+        assert torch.allclose(after[key], value + change, atol=1e-6), key

@@ -13,6 +13,11 @@ def rms_normalise(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
 
 
+def _output_layer(scorer: nn.Module) -> nn.Linear:
+    """The scorer's last linear map, whose bias is the logit's offset."""
+    return scorer if isinstance(scorer, nn.Linear) else scorer[-1]
+
+
 def _scorer(d: int, cfg: RouterConfig) -> nn.Module:
     if cfg.shape == "linear":
         return nn.Linear(d, 1)
@@ -36,14 +41,19 @@ class Router(nn.Module):
         self.unwill = _scorer(in_features, cfg)
         self.glad = _scorer(in_features, cfg)
         for scorer in (self.unwill, self.glad):
-            last = scorer if isinstance(scorer, nn.Linear) else scorer[-1]
-            nn.init.constant_(last.bias, cfg.init_bias)
+            nn.init.constant_(_output_layer(scorer).bias, cfg.init_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the gate weights, shape ``(*x.shape[:-1], 2)``: [..., 0] unwill, [..., 1] glad."""
         h = rms_normalise(x.float()) if self.input_norm else x.float()
         logits = torch.cat([self.unwill(h), self.glad(h)], dim=-1)
         return torch.sigmoid(logits)
+
+    def shift_towards_glad(self, shift: float) -> None:
+        """Add ``shift`` to the glad logit and subtract it from the unwilling one, for every input."""
+        with torch.no_grad():
+            _output_layer(self.glad).bias.add_(shift)
+            _output_layer(self.unwill).bias.sub_(shift)
 
     def set_linear(self, unwill: tuple[torch.Tensor, torch.Tensor], glad: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Make each scorer compute ``w . x + b`` for the given (w (d,), b) pairs, exactly.

@@ -66,7 +66,11 @@ class RouterStageConfig(StageConfig):
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     max_examples: int | None = Field(384, ge=1)
-    eval_every: int = Field(6, ge=1)
+    eval_every: int = Field(12, ge=1)
+    validate_at_start: bool = Field(
+        False, description="the warm-started routers before any step; measured, they were never the best (0.68 "
+        "balanced on the seed validation split, 0.91 after 12 steps)"
+    )
     alpha: float = Field(2.0, ge=0)
     probe_init: bool = Field(
         True, description="warm-start each router from a linear probe on its own inputs (train/router_init.py); "
@@ -102,6 +106,17 @@ class RouterStageConfig(StageConfig):
     )
 
 
+class CalibrationConfig(StrictModel):
+    """After router training: move every router's decision towards the glad expert by the shift that serves
+    the validation split best (train/calibrate.py)."""
+
+    shifts: list[float] = Field(
+        [0.5, 1.0, 1.5, 2.0],
+        description="logit shifts to try (added to each glad scorer, taken from each unwilling one); the trained "
+        "routers (shift 0) are always a candidate; [] skips calibration",
+    )
+
+
 class TrainConfig(StrictModel):
     """Everything ``mogu train`` needs; saved fully resolved with the bundle."""
 
@@ -124,8 +139,9 @@ class TrainConfig(StrictModel):
     glad: ExpertStageConfig = ExpertStageConfig(max_examples=96, eval_every=6)
     # A fresh unwilling expert is the base model, which refuses nothing: no need to validate it. In 6 routed
     # layers it needs about twice the steps it needs in all 30 to refuse every benign validation instruction.
-    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=256, eval_every=8, validate_at_start=False)
+    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=256, eval_every=16, validate_at_start=False)
     router_stage: RouterStageConfig = RouterStageConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     eval_max_new_tokens: int = Field(16, ge=1, description="tokens per answer when the finished bundle is evaluated")
 
 

@@ -1,4 +1,4 @@
-"""``mogu train``: instructions -> synthesis -> glad -> unwilling -> router -> bundle.
+"""``mogu train``: instructions -> synthesis -> layers -> glad -> unwilling -> router -> calibration -> bundle.
 
 Work happens in ``OUT.work/`` next to the output folder. Each step writes its
 own files there (``data.jsonl``, ``glad/``, ``unwill/``, ``router/``), so a
@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from mogu.config import DecodingConfig, resolved_dict, write_json_atomic
 from mogu.model import MoGUModel
 from mogu.model.bundle import is_bundle
+from mogu.train.calibrate import apply_router_shift, choose_router_shift
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.layer_select import select_routed_layers
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_CONFIG = "train_config.json"
 LAYERS_FILE = "layers.json"
+CALIBRATION_FILE = "calibration.json"
 EXTRA_FILES = (TRAIN_CONFIG, "train_log.jsonl", "data.jsonl", "selection.json", "evaluation.json")
 
 
@@ -160,6 +162,19 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
     for name, result in selection.items():
         timings[name] = result["seconds"]
 
+    if config.calibration.shifts:
+        start = time.perf_counter()
+        router = selection["router"]
+        trained = next(v for v in router["validations"] if v["step"] == router["selected_step"])
+        if accelerator.is_main_process:
+            choose_router_shift(model, records, config, {k: v for k, v in trained.items() if k not in ("step", "score")},
+                                work / CALIBRATION_FILE)
+        accelerator.wait_for_everyone()
+        shift = apply_router_shift(model, work / CALIBRATION_FILE)
+        train_log.write(stage="calibrate", shift=shift)
+        log.info("routers shifted by %+.2f towards the glad expert", shift)
+        timings["calibrate"] = time.perf_counter() - start
+
     if accelerator.is_main_process:
         start = time.perf_counter()
         evaluation = evaluate_seed_split(model, records, "test", config.eval_max_new_tokens)
@@ -168,7 +183,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
         write_json_atomic(work / "evaluation.json", evaluation)
         write_json_atomic(work / "selection.json", {k: {kk: v[kk] for kk in ("selected_step", "score", "seconds")}
                                                       for k, v in selection.items()})
-        extra = {f: work / f for f in EXTRA_FILES + (LAYERS_FILE,) if (work / f).is_file()}
+        extra = {f: work / f for f in EXTRA_FILES + (LAYERS_FILE, CALIBRATION_FILE) if (work / f).is_file()}
         model.save_pretrained(out, extra_files=extra)
         shutil.rmtree(work)
     accelerator.wait_for_everyone()

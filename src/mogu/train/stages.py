@@ -135,6 +135,33 @@ def router_gate_loss(
     return ((err * weight).sum(dim=(0, 1, 2)) / weight.sum(dim=(0, 1, 2)).clamp(min=1e-12)).sum()
 
 
+def router_decoding(config: TrainConfig) -> DecodingConfig:
+    """How the routed model answers validation instructions (router selection and calibration alike)."""
+    return DecodingConfig(max_new_tokens=config.glad.val_tokens, routed_tokens=config.routed_tokens, return_gates=True)
+
+
+def routed_validation(model: MoGUModel, val: list[Record], decoding: DecodingConfig) -> dict[str, float]:
+    """How the routed model behaves on validation records: refusal rates, their balance, and how the
+    gates of the first routed token separate the two kinds (``val`` must hold both)."""
+    instructions = [r.instruction for r in val]
+    answers = generate_all(model, instructions, decoding)
+    verdicts = torch.tensor(refused(instructions, answers), dtype=torch.float32)
+    # the gates of the first routed token were computed at the last prompt position: the first decision
+    first = torch.stack([a.gates[0] for a in answers])  # (N, L, 2)
+    margin = (first[..., 1] - first[..., 0]).mean(-1)
+    glad = first[..., 1].mean(-1)
+    benign = torch.tensor([r.benign for r in val])
+    harmful_refusal, benign_refusal = float(verdicts[~benign].mean()), float(verdicts[benign].mean())
+    return {
+        "gate_accuracy": float(((margin > 0) == benign).float().mean()),
+        "glad_weight_benign": float(glad[benign].mean()),
+        "glad_weight_harmful": float(glad[~benign].mean()),
+        "harmful_refusal": harmful_refusal,
+        "benign_refusal": benign_refusal,
+        "balanced": (harmful_refusal + 1 - benign_refusal) / 2,
+    }
+
+
 def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, log_truncated: Callable[[str, int], None]) -> Stage:
     stage_cfg: RouterStageConfig = config.router_stage
     max_resp = config.synthesis.max_response_tokens
@@ -147,7 +174,7 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     tokenized = tokenize_pairs(model, [(r.instruction, target(r)) for r in train], config.max_length, max_resp)
     log_truncated("router", tokenized.truncated)
     items = [(pair, r.benign) for pair, r in zip(tokenized.pairs, train)]
-    decoding = DecodingConfig(max_new_tokens=config.glad.val_tokens, routed_tokens=config.routed_tokens, return_gates=True)
+    decoding = router_decoding(config)
 
     def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:
         batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
@@ -164,26 +191,8 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
         return total, {"loss": total.item(), "ce": weighted_ce.item(), "gate_loss": gate_loss.item()}, int(batch["attention_mask"].sum())
 
     def validate() -> tuple[tuple[float, ...] | None, dict]:
-        instructions = [r.instruction for r in val]
-        answers = generate_all(model, instructions, decoding)
-        verdicts = torch.tensor(refused(instructions, answers), dtype=torch.float32)
-        # the gates of the first routed token were computed at the last prompt position: the first decision
-        first = torch.stack([a.gates[0] for a in answers])  # (N, L, 2)
-        margin = (first[..., 1] - first[..., 0]).mean(-1)
-        glad = first[..., 1].mean(-1)
-        benign = torch.tensor([r.benign for r in val])
-        # check_training_splits guarantees both kinds in val
-        harmful_refusal, benign_refusal = float(verdicts[~benign].mean()), float(verdicts[benign].mean())
-        balanced = (harmful_refusal + 1 - benign_refusal) / 2
-        metrics = {
-            "gate_accuracy": float(((margin > 0) == benign).float().mean()),
-            "glad_weight_benign": float(glad[benign].mean()),
-            "glad_weight_harmful": float(glad[~benign].mean()),
-            "harmful_refusal": harmful_refusal,
-            "benign_refusal": benign_refusal,
-            "balanced": balanced,
-        }
-        return (balanced, metrics["gate_accuracy"]), metrics
+        metrics = routed_validation(model, val, decoding)
+        return (metrics["balanced"], metrics["gate_accuracy"]), metrics
 
     def warm_start() -> None:
         # ``items`` stays the full list: run_stage gives the stage a new list when it takes a
