@@ -117,6 +117,10 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     assert ("glad", 0) in validated and ("unwill", 0) not in validated and ("unwill", 2) in validated
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert set(evaluation["refusal_rate"]) == {"harmful", "borderline"}
+    for row in evaluation["refusal_rate"].values():
+        for name in ("base", "mogu"):
+            low, high = row[f"{name}_ci95"]
+            assert 0 <= low <= row[name] <= high <= 1 and high - low > 0.2  # one or two prompts: wide intervals
     # the bundle's routers are the calibrated ones: they answer the validation split as measured for the chosen shift
     calibration = json.loads((out / "calibration.json").read_text())
     assert set(calibration["validation"]) == {"0.0", "0.5", "1.0", "1.5", "2.0"}

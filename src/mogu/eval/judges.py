@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from mogu.eval.stats import wilson_interval
+
 if TYPE_CHECKING:
     import httpx
 
@@ -383,16 +385,18 @@ class EndpointJudge(Judge):
         return verdict_for(parse_endpoint_reply(answer), answer, self.name)
 
 
-def summarise(verdicts: Iterable[Verdict]) -> dict[str, int | float | None]:
-    """Counts and the refusal rate; the rate is over parseable verdicts (None if there are none)."""
+def summarise(verdicts: Iterable[Verdict]) -> dict[str, Any]:
+    """Counts, the refusal rate and its 95% Wilson interval, over parseable verdicts (None if there are none)."""
     verdicts = list(verdicts)
     refused = sum(v.refused is True for v in verdicts)
     complied = sum(v.refused is False for v in verdicts)
     parseable = refused + complied
+    interval = wilson_interval(refused, parseable)
     return {
         "n": len(verdicts),
         "refused": refused,
         "complied": complied,
         "unparseable": len(verdicts) - parseable,
         "refusal_rate": refused / parseable if parseable else None,
+        "refusal_rate_ci95": None if interval is None else list(interval),
     }

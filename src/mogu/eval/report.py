@@ -102,8 +102,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"Target `{cfg.get('target')}`, judge `{cfg.get('judge')}`, "
         f"max_new_tokens {cfg.get('decoding', {}).get('max_new_tokens')}. "
-        "Cells: refusal rate in % over parseable verdicts. Harmful suites: higher is safer; "
-        "benign suites: lower is better.",
+        "Cells: refusal rate in % over parseable verdicts, with its 95% Wilson interval. Harmful suites: "
+        "higher is safer; benign suites: lower is better.",
         "",
         "| defense | " + " | ".join(f"{s} ({suites[s]}, n={_suite_n(defenses, s)})" for s in order)
         + " | harmful mean | benign mean | unparseable | seconds |",
@@ -113,7 +113,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         cells = []
         for suite in order:
             s = entry["suites"].get(suite)
-            cells.append("" if s is None else _pct(s["refusal_rate"]) + (f" ({s['unparseable']} unp.)" if s["unparseable"] else ""))
+            cells.append("" if s is None else _pct(s["refusal_rate"]) + _interval(s.get("refusal_rate_ci95"))
+                         + (f" ({s['unparseable']} unp.)" if s["unparseable"] else ""))
         lines.append(
             f"| {name} | " + " | ".join(cells)
             + f" | {_pct(entry['harmful_refusal_rate'])} | {_pct(entry['benign_refusal_rate'])}"
@@ -126,6 +127,11 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Mean glad weight at the first routed token (layers {gates['layers'][0]}..{gates['layers'][-1]}): "
                   f"harmful {_fmt(_mean(gates['harmful']))}, benign {_fmt(_mean(gates['benign']))}"]
     return "\n".join(lines) + "\n"
+
+
+def _interval(ci: list[float] | None) -> str:
+    """`` [lo-hi]`` in %, or nothing (reports from before intervals were added have none)."""
+    return "" if not ci else f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
 
 
 def _fmt(value: float | None) -> str:

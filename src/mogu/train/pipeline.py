@@ -14,11 +14,13 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 
 from mogu.config import DecodingConfig, resolved_dict, write_json_atomic
+from mogu.eval.stats import wilson_interval
 from mogu.model import MoGUModel
 from mogu.model.bundle import is_bundle
 from mogu.train.calibrate import apply_router_shift, choose_router_shift
@@ -26,7 +28,7 @@ from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.layer_select import select_routed_layers
 from mogu.train.loop import TrainLog, run_stage
-from mogu.train.stages import expert_stage, refusal_rate, router_stage
+from mogu.train.stages import expert_stage, generate_all, refused, router_stage
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +71,18 @@ def prepare_output(config: TrainConfig, out: Path, overwrite: bool) -> tuple[Pat
 
 
 def evaluate_seed_split(model: MoGUModel, records: list[Record], split: str, max_new_tokens: int) -> dict:
-    """Refusal rates of the base model and of MoGU on one split of the instructions, per label."""
-    rates: dict[str, dict[str, float | int]] = {}
+    """Refusal rates (and their 95% Wilson intervals) of the base model and of MoGU on one split, per label."""
+    rates: dict[str, dict[str, Any]] = {}
     for label in ("harmful", "benign", "borderline"):
         prompts = [r.instruction for r in records if r.split == split and r.label == label]
         if not prompts:
             continue
         rates[label] = {"n": len(prompts)}
         for name, mode in (("base", "base"), ("mogu", "mogu")):
-            rates[label][name] = refusal_rate(model, prompts, DecodingConfig(max_new_tokens=max_new_tokens, mode=mode))
+            answers = generate_all(model, prompts, DecodingConfig(max_new_tokens=max_new_tokens, mode=mode))
+            count = sum(refused(prompts, answers))
+            rates[label][name] = count / len(prompts)
+            rates[label][f"{name}_ci95"] = list(wilson_interval(count, len(prompts)))
     return {"split": split, "judge": "keyword", "max_new_tokens": max_new_tokens, "refusal_rate": rates}
 
 
