@@ -1,9 +1,9 @@
 """``mogu train``: instructions -> synthesis -> layers -> glad -> unwilling -> router -> calibration -> bundle.
 
 Work happens in ``OUT.work/`` next to the output folder. Each step writes its
-own files there (``data.jsonl``, ``glad/``, ``unwill/``, ``router/``), so a
-rerun of the same command skips what is done and resumes the step that was
-interrupted from its last checkpoint. The bundle is written to ``OUT`` only at
+own files there (``data.jsonl``, ``layers.json``, ``glad/``, ``unwill/``,
+``router/``, ``calibration.json``), so a rerun of the same command skips what
+is done and resumes the step that was interrupted from its last checkpoint. The bundle is written to ``OUT`` only at
 the end, atomically; the work folder is then removed.
 """
 
