@@ -336,3 +336,33 @@ def test_calibration_applies_the_best_validation_shift_once_even_after_an_interr
     for key, value in before.items():
         change = {"glad.bias": 1.0, "unwill.bias": -1.0}.get(key.split(".", 2)[-1], 0.0)
         assert torch.allclose(after[key], value + change, atol=1e-6), key
+
+
+def test_train_command_runs_stage_by_stage_to_the_same_bundle(llama_dir, instructions, tmp_path):
+    from typer.testing import CliRunner
+
+    from mogu.cli import app
+
+    config = tmp_path / "train.json"
+    config.write_text(tiny_config(llama_dir, instructions).model_dump_json())
+    reference = train(tiny_config(llama_dir, instructions), tmp_path / "reference")
+    out, work = tmp_path / "staged", tmp_path / "staged.work"
+
+    def run(*extra: str) -> str:
+        result = CliRunner().invoke(app, ["train", "--out", str(out), "--config", str(config), *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "stage unwill done" in run("--stage", "unwill")
+    assert (work / "unwill" / "selection.json").is_file() and not (work / "glad").exists() and not out.exists()
+    assert "stage router done" in run("--stage", "router")  # trains the glad expert it still needs, then the router
+    assert (work / "glad" / "selection.json").is_file() and (work / "calibration.json").is_file() and not out.exists()
+    assert "refusal rate on the seed test split" in run()  # finishes: evaluation and the bundle
+    assert not work.exists()
+    for name in ("router.safetensors", "glad/adapter_model.safetensors", "unwill/adapter_model.safetensors"):
+        a, b = load_file(str(reference / name)), load_file(str(out / name))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    bad = CliRunner().invoke(app, ["train", "--out", str(out), "--stage", "everything"])
+    assert bad.exit_code != 0 and "everything" in bad.output
+    with pytest.raises(ValueError, match="unknown stage 'everything'"):
+        train(tiny_config(llama_dir, instructions), tmp_path / "other", stage="everything")  # type: ignore[arg-type]

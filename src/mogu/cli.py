@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -177,6 +177,9 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="training config, JSON or TOML (see docs/TRAINING.md)")] = None,
     data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged seed data)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace what the output folder holds")] = False,
+    stage: Annotated[Optional[Literal["glad", "unwill", "router"]], typer.Option(
+        help="only this stage (and what it needs first: data, layers, for the router both experts), kept in "
+        "OUT.work; a later run without --stage finishes the bundle")] = None,
 ) -> None:
     """Build data, train both experts and the routers, write the bundle; rerun to resume."""
     from mogu.train.config import load_train_config
@@ -184,10 +187,15 @@ def train(
 
     try:
         cfg = load_train_config(config, base=base, data=data)
-        bundle = run_training(cfg, out, overwrite=overwrite)
+        written = run_training(cfg, out, overwrite=overwrite, stage=stage)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
-    evaluation = bundle / "evaluation.json"
+    if stage is not None and written != out:
+        selection = json.loads((written / stage / "selection.json").read_text(encoding="utf-8"))
+        typer.echo(f"stage {stage} done in {written} (selected step {selection['selected_step']}, "
+                   f"validation score {selection['score']}); run without --stage to finish the bundle")
+        return
+    evaluation = out / "evaluation.json"
     if evaluation.is_file():
         typer.echo(format_evaluation(json.loads(evaluation.read_text(encoding="utf-8"))))
 

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from mogu.config import DecodingConfig, resolved_dict, write_json_atomic
 from mogu.eval.stats import wilson_interval
 from mogu.model import MoGUModel
-from mogu.model.bundle import is_bundle
+from mogu.model.bundle import Stage, is_bundle
 from mogu.train.calibrate import apply_router_shift, choose_router_shift
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
@@ -86,8 +86,21 @@ def evaluate_seed_split(model: MoGUModel, records: list[Record], split: str, max
     return {"split": split, "judge": "keyword", "max_new_tokens": max_new_tokens, "refusal_rate": rates}
 
 
-def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path:
-    """Run (or resume) the whole pipeline and write the bundle to ``out``."""
+# What each stage needs trained first (``train(..., stage=...)``): the experts are independent.
+STAGE_NEEDS: dict[Stage, tuple[Stage, ...]] = {"glad": ("glad",), "unwill": ("unwill",), "router": ("glad", "unwill", "router")}
+
+
+def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: Stage | None = None) -> Path:
+    """Run (or resume) the whole pipeline and write the bundle to ``out``; returns ``out``.
+
+    With ``stage`` ("glad", "unwill" or "router"), run only what that stage
+    needs and is not done yet in the work folder (the data and layers steps,
+    for the router both experts, and its calibration), then stop without
+    writing the bundle; returns the work folder. A later run without
+    ``stage`` (same config) finishes from there.
+    """
+    if stage is not None and stage not in STAGE_NEEDS:
+        raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGE_NEEDS)}")
     out = Path(out)
     records = load_records(config.data)
     check_training_splits(records, config.data)  # before anything is loaded or written
@@ -136,7 +149,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
         timings["layers"] = time.perf_counter() - start
 
     selection: dict[str, dict] = {}
-    for name in ("glad", "unwill", "router"):
+    for name in STAGE_NEEDS["router"] if stage is None else STAGE_NEEDS[stage]:
         stage_dir = work / name
         done_file = stage_dir / "selection.json"
         if done_file.is_file():
@@ -149,9 +162,9 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
             continue
         start = time.perf_counter()
         model.set_trainable(name)
-        stage = (router_stage(model, records, config, log_truncated) if name == "router"
-                 else expert_stage(name, model, records, config, log_truncated))
-        result = run_stage(stage, model, accelerator, stage_dir, train_log, config.seed)
+        training = (router_stage(model, records, config, log_truncated) if name == "router"
+                    else expert_stage(name, model, records, config, log_truncated))
+        result = run_stage(training, model, accelerator, stage_dir, train_log, config.seed)
         model.set_trainable(None)
         result["seconds"] = round(time.perf_counter() - start, 1)
         if accelerator.is_main_process:
@@ -167,6 +180,10 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
     for name, result in selection.items():
         timings[name] = result["seconds"]
 
+    if stage in ("glad", "unwill"):
+        log.info("stage %s done in %s; run without a stage to finish the bundle", stage, work)
+        return work
+
     if config.calibration.shifts:
         start = time.perf_counter()
         router = selection["router"]
@@ -179,6 +196,9 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False) -> Path
         train_log.write(stage="calibrate", shift=shift)
         log.info("routers shifted by %+.2f towards the glad expert", shift)
         timings["calibrate"] = time.perf_counter() - start
+    if stage == "router":
+        log.info("stage router done in %s; run without a stage to finish the bundle", work)
+        return work
 
     if accelerator.is_main_process:
         start = time.perf_counter()
