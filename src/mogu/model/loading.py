@@ -82,7 +82,10 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # from_config initialises weights at random (all overwritten below): on the caller's random stream it
+    # would shift every later draw, so a first run (conversion) would train differently from later ones
+    with torch.random.fork_rng(devices=[]):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k not in set(getattr(plain, "_tied_weights_keys", None) or [])]
     if unexpected or (missing and not config.tie_word_embeddings):
