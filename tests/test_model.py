@@ -183,3 +183,22 @@ def test_router_set_linear_is_exact(shape):
     router.shift_towards_glad(0.7)
     shifted = torch.sigmoid(torch.stack([x @ w_u + 0.3 - 0.7, x @ w_g - 0.2 + 0.7], dim=-1))
     assert torch.allclose(router(x), shifted, atol=1e-5)
+
+
+def test_gguf_conversion_leaves_the_callers_random_stream_alone(llama_dir, tmp_path, monkeypatch):
+    """A first run converts the GGUF file, later runs read the cache: both must draw the same LoRA initialisations."""
+    from transformers import AutoTokenizer
+
+    from mogu.model import loading
+
+    load_model, load_tokenizer = AutoModelForCausalLM.from_pretrained, AutoTokenizer.from_pretrained
+    # stand-ins for transformers' GGUF reader: the tiny model's folder plays the de-quantised file
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", lambda _dir, gguf_file, **kw: load_model(llama_dir, **kw))
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda _dir, gguf_file, **kw: load_tokenizer(llama_dir, **kw))
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    loading.convert_gguf(tmp_path / "tiny.gguf", tmp_path / "converted")
+    assert torch.equal(torch.random.get_rng_state(), before)
+    converted = load_model(tmp_path / "converted")
+    reference = load_model(llama_dir)
+    assert all(torch.equal(a, b) for a, b in zip(converted.state_dict().values(), reference.state_dict().values()))
