@@ -78,13 +78,14 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     log.info("de-quantising %s once (cached in %s)", gguf, out_dir)
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    # from_config initialises weights at random (all overwritten below): on the caller's random stream it
-    # would shift every later draw, so a first run (conversion) would train differently from later ones
+    # Building models may initialise weights at random (all overwritten here): drawn from the caller's
+    # random stream, that would shift every later draw, and a first run (which converts) would train
+    # differently from later ones (which read the cache) with the same seed.
     with torch.random.fork_rng(devices=[]):
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k not in set(getattr(plain, "_tied_weights_keys", None) or [])]
