@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -357,7 +358,9 @@ def test_train_command_runs_stage_by_stage_to_the_same_bundle(llama_dir, instruc
     assert (work / "unwill" / "selection.json").is_file() and not (work / "glad").exists() and not out.exists()
     assert "stage router done" in run("--stage", "router")  # trains the glad expert it still needs, then the router
     assert (work / "glad" / "selection.json").is_file() and (work / "calibration.json").is_file() and not out.exists()
-    assert "refusal rate on the seed test split" in run()  # finishes: evaluation and the bundle
+    finished = run()  # finishes: evaluation and the bundle
+    assert "refusal rate on the seed test split" in finished
+    assert re.search(r"harmful +1 +\d+\.\d% \[\d+-\d+\] +\d+\.\d% \[\d+-\d+\]", finished), finished
     assert not work.exists()
     for name in ("router.safetensors", "glad/adapter_model.safetensors", "unwill/adapter_model.safetensors"):
         a, b = load_file(str(reference / name)), load_file(str(out / name))

@@ -200,18 +200,15 @@ def train(
         typer.echo(format_evaluation(json.loads(evaluation.read_text(encoding="utf-8"))))
 
 
-def _rate_cell(row: dict, name: str) -> str:
-    """``87.1% [77%-93%]``; bundles trained before intervals were recorded show the rate alone."""
-    ci = row.get(f"{name}_ci95")
-    return f"{row[name]:.1%}" + (f" [{ci[0]:.0%}-{ci[1]:.0%}]" if ci else "")
-
-
 def format_evaluation(evaluation: dict) -> str:
     """The base vs MoGU refusal-rate table that ``mogu train`` prints."""
-    lines = [f"refusal rate on the seed {evaluation['split']} split (judge: {evaluation['judge']}; [95% interval])",
-             f"{'instructions':<14} {'n':>4} {'base':>19} {'MoGU':>19}"]
+    from mogu.eval.stats import format_interval
+
+    lines = [f"refusal rate on the seed {evaluation['split']} split (judge: {evaluation['judge']}; [95% interval, %])",
+             f"{'instructions':<14} {'n':>4} {'base':>17} {'MoGU':>17}"]
     for label, row in evaluation["refusal_rate"].items():
-        lines.append(f"{label:<14} {row['n']:>4} {_rate_cell(row, 'base'):>19} {_rate_cell(row, 'mogu'):>19}")
+        cells = [f"{row[name]:.1%}" + format_interval(row.get(f"{name}_ci95")) for name in ("base", "mogu")]
+        lines.append(f"{label:<14} {row['n']:>4} {cells[0]:>17} {cells[1]:>17}")
     timings = evaluation.get("timings_seconds", {})
     if timings:
         lines.append("seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

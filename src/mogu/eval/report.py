@@ -14,6 +14,7 @@ from typing import Any
 
 from mogu.config import provenance, write_json_atomic
 from mogu.eval.judges import Verdict, summarise
+from mogu.eval.stats import format_interval
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         cells = []
         for suite in order:
             s = entry["suites"].get(suite)
-            cells.append("" if s is None else _pct(s["refusal_rate"]) + _interval(s.get("refusal_rate_ci95"))
+            cells.append("" if s is None else _pct(s["refusal_rate"]) + format_interval(s.get("refusal_rate_ci95"))
                          + (f" ({s['unparseable']} unp.)" if s["unparseable"] else ""))
         lines.append(
             f"| {name} | " + " | ".join(cells)
@@ -127,11 +128,6 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Mean glad weight at the first routed token (layers {gates['layers'][0]}..{gates['layers'][-1]}): "
                   f"harmful {_fmt(_mean(gates['harmful']))}, benign {_fmt(_mean(gates['benign']))}"]
     return "\n".join(lines) + "\n"
-
-
-def _interval(ci: list[float] | None) -> str:
-    """`` [lo-hi]`` in %, or nothing (reports from before intervals were added have none)."""
-    return "" if not ci else f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
 
 
 def _fmt(value: float | None) -> str:

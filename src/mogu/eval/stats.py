@@ -18,3 +18,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def format_interval(interval: list[float] | tuple[float, float] | None) -> str:
+    """`` [74-91]`` (percent), or nothing for outputs written before intervals were recorded."""
+    return "" if not interval else f" [{100 * interval[0]:.0f}-{100 * interval[1]:.0f}]"

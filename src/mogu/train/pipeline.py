@@ -3,8 +3,9 @@
 Work happens in ``OUT.work/`` next to the output folder. Each step writes its
 own files there (``data.jsonl``, ``layers.json``, ``glad/``, ``unwill/``,
 ``router/``, ``calibration.json``), so a rerun of the same command skips what
-is done and resumes the step that was interrupted from its last checkpoint. The bundle is written to ``OUT`` only at
-the end, atomically; the work folder is then removed.
+is done and resumes the step that was interrupted from its last checkpoint.
+The bundle is written to ``OUT`` only at the end, atomically; the work folder
+is then removed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.layer_select import select_routed_layers
 from mogu.train.loop import TrainLog, run_stage
-from mogu.train.stages import expert_stage, generate_all, refused, router_stage
+from mogu.train.stages import expert_stage, refusal_count, router_stage
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,7 @@ def evaluate_seed_split(model: MoGUModel, records: list[Record], split: str, max
             continue
         rates[label] = {"n": len(prompts)}
         for name, mode in (("base", "base"), ("mogu", "mogu")):
-            answers = generate_all(model, prompts, DecodingConfig(max_new_tokens=max_new_tokens, mode=mode))
-            count = sum(refused(prompts, answers))
+            count = refusal_count(model, prompts, DecodingConfig(max_new_tokens=max_new_tokens, mode=mode))
             rates[label][name] = count / len(prompts)
             rates[label][f"{name}_ci95"] = list(wilson_interval(count, len(prompts)))
     return {"split": split, "judge": "keyword", "max_new_tokens": max_new_tokens, "refusal_rate": rates}

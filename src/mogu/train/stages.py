@@ -41,11 +41,9 @@ def refused(instructions: list[str], answers: list[Generation]) -> list[bool]:
     return [bool(_judge.judge(i, a.text).refused) for i, a in zip(instructions, answers)]
 
 
-def refusal_rate(model: MoGUModel, instructions: list[str], decoding: DecodingConfig, batch_size: int = 16) -> float:
-    """Fraction of instructions whose generated opening the keyword judge calls a refusal."""
-    if not instructions:
-        return float("nan")
-    return sum(refused(instructions, generate_all(model, instructions, decoding, batch_size))) / len(instructions)
+def refusal_count(model: MoGUModel, instructions: list[str], decoding: DecodingConfig, batch_size: int = 16) -> int:
+    """How many instructions get a generated opening that the keyword judge calls a refusal."""
+    return sum(refused(instructions, generate_all(model, instructions, decoding, batch_size)))
 
 
 def ratio_loss(ce_wanted: torch.Tensor, ce_unwanted: torch.Tensor, floor: float, ceiling: float) -> torch.Tensor:
@@ -93,7 +91,7 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
         return ratio, metrics, int(batch["attention_mask"].sum())
 
     def validate() -> tuple[tuple[float, ...] | None, dict]:
-        rate = refusal_rate(model, [r.instruction for r in val], decoding)
+        rate = refusal_count(model, [r.instruction for r in val], decoding) / len(val)
         behaviour = 1 - rate if wants_harmful else rate
         fluency = mean_response_ce(model, fluency_pairs, name)
         eligible = fluency - baseline <= stage_cfg.max_fluency_increase
