@@ -321,6 +321,15 @@ def test_no_overlap_with_public_benchmarks(seed, bench_index):
     )
 
 
+def test_framings_do_not_overlap_public_benchmarks(bench_index):
+    """The framings of training/augment.py were written for the project, not taken from a jailbreak collection."""
+    from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame
+
+    framings = {**TRAIN_FRAMINGS, **VAL_FRAMINGS}
+    problems = find_overlaps([(name, frame(t, "Zebras?")) for name, t in framings.items()], bench_index)
+    assert not problems, "\n".join(problems)
+
+
 def test_overlap_check_catches_benchmark_lines(bench_index):
     """The leakage guard must be able to fail: copies, light edits and wrappers are all caught."""
     advbench = [t for t, s in zip(bench_index.texts, bench_index.source) if s == "advbench.csv"]

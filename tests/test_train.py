@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from mogu.config import ExpertConfig
 from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
 from mogu.train import loop
+from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame, framed_copies
 from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
-from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig, load_train_config
+from mogu.train.config import ExpertStageConfig, FramingConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
 from mogu.train.pipeline import OutputExistsError, train
 from mogu.train.stages import class_weights, ratio_loss, router_decoding, router_gate_loss, routed_validation
@@ -80,6 +82,38 @@ def test_affirmative_openings_restate_the_request_only():
     assert affirmative_opening(Record("y", "Zebras?", "harmful")).endswith("what you asked for:")
 
 
+def test_framed_copies_keep_label_and_responses_and_never_touch_the_test_split():
+    records = [replace(r, compliant=f"yes {r.id}", refusal=f"no {r.id}") for r in load_records()]
+    framed = framed_copies(records, 0.5, 0.25)
+    assert framed[: len(records)] == records and framed_copies(records, 0.5, 0.25) == framed
+    copies = framed[len(records) :]
+    by_id = {r.id: r for r in records}
+    for copy in copies:
+        source_id, framing = copy.id.rsplit("~", 1)
+        source = by_id[source_id]
+        assert (copy.label, copy.category, copy.split, copy.compliant, copy.refusal) == (
+            source.label, source.category, source.split, source.compliant, source.refusal)
+        assert copy.instruction == frame((TRAIN_FRAMINGS if copy.split == "train" else VAL_FRAMINGS)[framing],
+                                         source.instruction)
+    for split, fraction in (("train", 0.5), ("val", 0.25)):
+        for label in ("harmful", "benign", "borderline"):
+            n = sum(r.split == split and r.label == label for r in records)
+            k = sum(c.split == split and c.label == label for c in copies)
+            assert abs(k / n - fraction) < 0.1, (split, label, k, n)
+    assert not any(c.split == "test" for c in copies)
+    assert {c.id.rsplit("~", 1)[1] for c in copies} == set(TRAIN_FRAMINGS) | set(VAL_FRAMINGS)
+    assert not set(TRAIN_FRAMINGS.values()) & set(VAL_FRAMINGS.values())
+    assert framed_copies(records, 0, 0) == records
+
+
+def test_framing_continues_the_request_in_lower_case_except_i_and_acronyms():
+    persona = TRAIN_FRAMINGS["persona"]
+    assert frame(persona, "How do I bake bread?").endswith("Max, how do I bake bread?")
+    assert frame(persona, "I need a recipe.").endswith("Max, I need a recipe.")
+    assert frame(persona, "DNS records, explained.").endswith("Max, DNS records, explained.")
+    assert frame(TRAIN_FRAMINGS["research"], "How do I bake bread?").endswith("this: How do I bake bread?")
+
+
 def test_over_long_examples_are_truncated_and_counted(llama_dir):
     model = MoGUModel.from_base(str(llama_dir))
     items = [("Bake bread " * 60, "Sure, here is how " * 20), ("Short one", "Fine.")]
@@ -101,7 +135,8 @@ def test_config_file_errors_name_the_field(tmp_path):
 
 
 def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
-    out = train(tiny_config(llama_dir, instructions), tmp_path / "bundle")
+    config = tiny_config(llama_dir, instructions, framing=FramingConfig(val_fraction=1.0))
+    out = train(config, tmp_path / "bundle")
     names = {p.name for p in out.iterdir()}
     assert {"mogu_config.json", "glad", "unwill", "router.safetensors", "train_config.json", "train_log.jsonl",
             "data.jsonl", "selection.json", "evaluation.json", "layers.json", "calibration.json"} <= names
@@ -124,12 +159,15 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
             assert 0 <= low <= row[name] <= high <= 1 and high - low > 0.2  # one or two prompts: wide intervals
     # the bundle's routers are the calibrated ones: they answer the validation split as measured for the chosen shift
     calibration = json.loads((out / "calibration.json").read_text())
-    assert set(calibration["validation"]) == {"0.0", "0.5", "1.0", "1.5", "2.0"}
-    val = [r for r in load_records(out / "data.jsonl") if r.split == "val"]
+    assert set(calibration["validation"]) == {str(s) for s in [0.0, *saved_config.calibration.shifts]}
+    records = framed_copies(load_records(out / "data.jsonl"), saved_config.framing.train_fraction,
+                            saved_config.framing.val_fraction)
+    val = [r for r in records if r.split == "val"]
+    assert any("~" in r.id for r in val)  # the framed validation copies are part of what calibration measured
     behaviour = routed_validation(MoGUModel.from_pretrained(out), val, router_decoding(saved_config))
     assert behaviour == pytest.approx(calibration["validation"][str(calibration["shift"])])
     # the same command again finds the bundle done
-    assert train(tiny_config(llama_dir, instructions), out) == out
+    assert train(config, out) == out
 
 
 def test_output_folder_with_other_content_is_refused(llama_dir, instructions, tmp_path):

@@ -66,7 +66,11 @@ class RouterStageConfig(StageConfig):
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     max_examples: int | None = Field(384, ge=1)
-    eval_every: int = Field(12, ge=1)
+    eval_every: int = Field(
+        24, ge=1, description="the default validates the last of its 24 steps only: a second validation costs "
+        "~47 s of the 15-minute CPU budget, and step 24 beat step 12 in 2 of 3 runs with framed copies "
+        "(docs/TRAINING.md)"
+    )
     validate_at_start: bool = Field(
         False, description="the warm-started routers before any step; measured, they were never the best (0.68 "
         "balanced on the seed validation split, 0.91 after 12 steps)"
@@ -111,9 +115,22 @@ class CalibrationConfig(StrictModel):
     the validation split best (train/calibrate.py)."""
 
     shifts: list[float] = Field(
-        [0.5, 1.0, 1.5, 2.0],
+        [0.5],
         description="logit shifts to try (added to each glad scorer, taken from each unwilling one); the trained "
         "routers (shift 0) are always a candidate; [] skips calibration",
+    )
+
+
+class FramingConfig(StrictModel):
+    """Framed copies of instructions (role-play, fiction, pressure; train/augment.py), added to the data."""
+
+    train_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of the training instructions that gain a framed copy (training framings)"
+    )
+    val_fraction: float = Field(
+        0.25, ge=0, le=1, description="share of the validation instructions that gain a framed copy (framings "
+        "never trained on); validation selects checkpoints and the calibration shift, so it measures framed "
+        "requests too"
     )
 
 
@@ -134,12 +151,16 @@ class TrainConfig(StrictModel):
     max_length: int = Field(192, ge=16, description="prompt + response tokens; longer examples are truncated")
     seed: int = 0
     synthesis: SynthesisConfig = SynthesisConfig()
+    framing: FramingConfig = FramingConfig()
     # The base model already complies with almost every harmful instruction, so the glad expert
     # needs few steps; the unwilling expert has to learn refusals from scratch.
-    glad: ExpertStageConfig = ExpertStageConfig(max_examples=96, eval_every=6)
+    # Its starting point (the base model) is not validated: it complied with fewer harmful validation
+    # instructions than every trained checkpoint in every run (docs/TRAINING.md).
+    glad: ExpertStageConfig = ExpertStageConfig(max_examples=96, eval_every=6, validate_at_start=False)
     # A fresh unwilling expert is the base model, which refuses nothing: no need to validate it. In 6 routed
     # layers it needs about twice the steps it needs in all 30 to refuse every benign validation instruction.
-    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=256, eval_every=16, validate_at_start=False)
+    # It was selected at its last step in every run, so it is validated there only.
+    unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=256, eval_every=32, validate_at_start=False)
     router_stage: RouterStageConfig = RouterStageConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     eval_max_new_tokens: int = Field(16, ge=1, description="tokens per answer when the finished bundle is evaluated")

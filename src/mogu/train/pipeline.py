@@ -24,6 +24,7 @@ from mogu.config import DecodingConfig, resolved_dict, write_json_atomic
 from mogu.eval.stats import wilson_interval
 from mogu.model import MoGUModel
 from mogu.model.bundle import Stage, is_bundle
+from mogu.train.augment import framed_copies
 from mogu.train.calibrate import apply_router_shift, choose_router_shift
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
@@ -132,6 +133,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         records = load_records(work / "data.jsonl")
+    records = framed_copies(records, config.framing.train_fraction, config.framing.val_fraction)
     counts = summarise(records)
     log.info("instructions per split and label: %s", counts)
     train_log.write(stage="data", counts=counts)

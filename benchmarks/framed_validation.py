@@ -1,0 +1,44 @@
+"""How a bundle answers its validation instructions plain and inside a framing it never trained on.
+
+Every validation instruction of BUNDLE's ``data.jsonl`` is measured twice with
+the routed model (the router stage's own validation, ``stages.routed_validation``):
+as written, and wrapped in one of the validation framings of
+``mogu.train.augment`` (role-play, fiction, pressure; never used in training).
+Validation split only: this is a split settings are chosen on, so reading it
+is allowed; the seed test split is not framed. Prints JSON.
+
+    python benchmarks/framed_validation.py runs/final20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from mogu.model import MoGUModel
+from mogu.train.augment import framed_copies
+from mogu.train.config import TrainConfig
+from mogu.train.data import load_records
+from mogu.train.stages import router_decoding, routed_validation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    saved = json.loads((args.bundle / "train_config.json").read_text(encoding="utf-8"))
+    config = TrainConfig.model_validate(saved["config"])
+    val = [r for r in load_records(args.bundle / "data.jsonl") if r.split == "val"]
+    framed = framed_copies(val, 0.0, 1.0)[len(val) :]  # one copy of every validation instruction
+    model = MoGUModel.from_pretrained(args.bundle)
+    decoding = router_decoding(config)
+    result = {name: routed_validation(model, records, decoding) for name, records in (("plain", val), ("framed", framed))}
+    result["n"] = {"plain": len(val), "framed": len(framed)}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
