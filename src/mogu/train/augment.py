@@ -3,8 +3,8 @@
 Jailbreaks hide a request inside a framing (a story, a persona, "start with
 'Sure'", "no disclaimers"). Routers trained on plain instructions read such
 a framing as a different kind of prompt: on the seed validation split the
-stop-14 bundle refused 95% of plain harmful instructions but 69% of framed
-ones, and 16% of framed benign ones against 7% plain (docs/TRAINING.md,
+stop-14 bundle refused 95% of plain harmful instructions but 75% of the same
+instructions framed (benchmarks/framed_validation.py; docs/TRAINING.md,
 "Framed instructions"). So training gains framed copies of instructions of
 *both* labels, with the label and responses of the plain instruction: the
 framing alone must not decide.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mogu.train.data import Record, _stable_fraction
+from mogu.train.data import Record, stable_fraction
 
 # {request}: the instruction as written; {lower}: the same, starting lower case (to continue a sentence).
 TRAIN_FRAMINGS: dict[str, str] = {
@@ -71,10 +71,10 @@ def framed_copies(records: list[Record], train_fraction: float, val_fraction: fl
     for record in records:
         fraction, framings = {"train": (train_fraction, TRAIN_FRAMINGS), "val": (val_fraction, VAL_FRAMINGS)}.get(
             record.split, (0.0, {}))
-        if not framings or _stable_fraction(record.id + "~frame") >= fraction:
+        if not framings or stable_fraction(record.id + "~frame") >= fraction:
             continue
         names = sorted(framings)
-        name = names[int(_stable_fraction(record.id + "~which") * len(names)) % len(names)]
+        name = names[int(stable_fraction(record.id + "~which") * len(names)) % len(names)]
         copies.append(replace(record, id=f"{record.id}~{name}", instruction=frame(framings[name], record.instruction)))
     return records + copies
 

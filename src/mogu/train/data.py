@@ -77,7 +77,8 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def _stable_fraction(key: str) -> float:
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1] fixed by ``key``: the same choice on every run and machine (unlike ``hash``)."""
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
@@ -108,7 +109,7 @@ def load_records(path: Path | None = None) -> list[Record]:
         norm = normalise(instruction)
         if norm in texts:
             raise JsonlError(f"{where}: field 'instruction': duplicate of line {texts[norm]}")
-        split = field(raw, "split", str, where, required=False) or ("val" if _stable_fraction(key) < 0.2 else "train")
+        split = field(raw, "split", str, where, required=False) or ("val" if stable_fraction(key) < 0.2 else "train")
         if split not in SPLITS:
             raise JsonlError(f"{where}: field 'split' is {split!r}; expected one of {SPLITS}")
         responses = {}
@@ -161,12 +162,12 @@ def affirmative_opening(record: Record) -> str:
     if phrase is None:
         phrase = "what you asked for"
     phrase = " ".join(_PRONOUNS.get(w.lower(), w) for w in phrase.split())
-    opener = AFFIRMATIVE_OPENERS[int(_stable_fraction(record.id + "a") * len(AFFIRMATIVE_OPENERS))]
+    opener = AFFIRMATIVE_OPENERS[int(stable_fraction(record.id + "a") * len(AFFIRMATIVE_OPENERS))]
     return f"{opener} {phrase}:"
 
 
 def refusal_for(record: Record) -> str:
-    return REFUSALS[int(_stable_fraction(record.id + "r") * len(REFUSALS)) % len(REFUSALS)]
+    return REFUSALS[int(stable_fraction(record.id + "r") * len(REFUSALS)) % len(REFUSALS)]
 
 
 def first_sentence(text: str, min_chars: int = 20) -> str:
