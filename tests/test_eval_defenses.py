@@ -46,7 +46,8 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def options(tmp_path_factory) -> dict:
     data = instructions_file(tmp_path_factory.mktemp("data") / "instructions.jsonl")
-    return {"sft": {**SFT_OPTIONS, "data": str(data)}, "detect-input": {"data": str(data)}}
+    plain = {"data": str(data), "framing": {"train_fraction": 0.0, "val_fraction": 0.0}}
+    return {"sft": {**SFT_OPTIONS, **plain}, "detect-input": plain}
 
 
 class Spy:
@@ -170,6 +171,16 @@ def test_sft_adapter_is_trained_once(model, cache, options, monkeypatch):
     other = D.make_defense("sft", model, cache_dir=cache, options={"sft": {**options["sft"], "lr": 0.5}})
     with pytest.raises(D.DefenseError, match="other settings"):
         other.prepare()
+
+
+def test_baselines_learn_from_framed_copies_as_configured(model, options, tmp_path):
+    """SFT and detect-input train on what MoGU trained on: the instructions and their framed copies."""
+    every = {"framing": {"train_fraction": 1.0, "val_fraction": 1.0}}
+    framed = {name: {**options[name], **every} for name in ("sft", "detect-input")}
+    for name in ("sft", "detect-input"):
+        defense = D.make_defense(name, model, cache_dir=tmp_path, options=framed)
+        defense.prepare()
+        assert defense.info()["train_examples"] == 24, name  # 12 train instructions, each with a framed copy
 
 
 def test_mogu_defenses_need_a_bundle_and_bad_names_fail(model):

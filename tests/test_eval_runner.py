@@ -14,7 +14,7 @@ from mogu.eval import evaluate
 from mogu.eval.defenses import Defense
 from mogu.eval.judges import Judge, RefusalJudge, verdict_for
 from mogu.eval.report import REQUIRED_DEFENSE_KEYS, REQUIRED_SUITE_KEYS, pareto_frontier
-from mogu.eval.runner import EvalError, build_suites, parse_defense_options, parse_judge_spec
+from mogu.eval.runner import EvalError, build_suites, bundle_framing, parse_defense_options, parse_judge_spec
 from mogu.model import MoGUModel
 from tests.helpers import randomize
 
@@ -218,3 +218,12 @@ def test_cli_eval_errors(llama_dir, suite_files, tmp_path):
     result = runner.invoke(app, ["eval", str(llama_dir), "--harmful", str(suite_files[0]), "--judge", "oracle",
                                  "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "judge spec" in result.output
+
+
+def test_baselines_get_the_framing_the_bundle_was_trained_with(tmp_path):
+    assert bundle_framing(tmp_path) == {"train_fraction": 0.0, "val_fraction": 0.0}  # no training config saved
+    (tmp_path / "train_config.json").write_text(json.dumps({"config": {"seed": 0}}))
+    assert bundle_framing(tmp_path) == {"train_fraction": 0.0, "val_fraction": 0.0}  # trained before framing existed
+    framing = {"train_fraction": 0.5, "val_fraction": 0.25}
+    (tmp_path / "train_config.json").write_text(json.dumps({"config": {"seed": 0, "framing": framing}}))
+    assert bundle_framing(tmp_path) == framing

@@ -49,6 +49,7 @@ from mogu.model import MoGUModel
 from mogu.model.bundle import ADAPTER_WEIGHTS
 from mogu.model.chat import ChatInput, format_chat
 from mogu.probe import balanced_accuracy, fit_logistic
+from mogu.train.config import FramingConfig
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,10 @@ class SFTConfig(StrictModel):
     max_response_tokens: int = Field(20, ge=4)
     seed: int = 0
     data: Path | None = Field(None, description="instructions JSONL (docs/DATA.md); None: the packaged seed data")
+    framing: FramingConfig = Field(
+        FramingConfig(), description="framed copies added to the sampled instructions, as mogu train adds them "
+        "(mogu.train.augment); the evaluation passes a bundle's own setting"
+    )
 
 
 def _config(cls: type[StrictModel], name: str, options: dict[str, Any]) -> Any:
@@ -319,6 +324,7 @@ class SFTDefense(Defense):
         self.state = self._train()
 
     def _records(self):
+        from mogu.train.augment import framed_copies
         from mogu.train.data import build_dataset, load_records
 
         cfg = self.config
@@ -333,7 +339,8 @@ class SFTDefense(Defense):
         if cfg.val_examples < len(val):
             val = [val[i] for i in sorted(rng.sample(range(len(val)), cfg.val_examples))]
         built = build_dataset(self.model, train + val, self.cache_dir / "data.jsonl", cfg.max_response_tokens, batch_size=16)
-        return built[: len(train)], built[len(train) :]
+        built = framed_copies(built, cfg.framing.train_fraction, cfg.framing.val_fraction)
+        return [r for r in built if r.split == "train"], [r for r in built if r.split == "val"]
 
     def _train(self) -> dict[str, torch.Tensor]:
         from accelerate import Accelerator
@@ -597,13 +604,15 @@ class InputDetector(Defense):
     def __init__(self, model: MoGUModel, cache_dir: str | Path, data: str | Path | None = None,
                  layers: Sequence[int] | None = None, threshold: float = 0.5, l2: float = 1e-2,
                  refusal: str = REFUSAL_TEXT, batch_size: int = 16, max_examples: int | None = None, seed: int = 0,
-                 probe: LinearProbe | None = None) -> None:
+                 framing: FramingConfig | dict[str, float] | None = None, probe: LinearProbe | None = None) -> None:
         super().__init__(model)
         self.cache_dir = Path(cache_dir)
         self.data = Path(data) if data is not None else None
         self.layers = list(layers) if layers is not None else None
         self.threshold, self.l2, self.refusal, self.batch_size = float(threshold), float(l2), refusal, int(batch_size)
         self.max_examples, self.seed = max_examples, int(seed)
+        # the framed copies mogu train adds (the evaluation passes a bundle's own setting)
+        self.framing = FramingConfig.model_validate(framing if framing is not None else {})
         self.probe = probe
         self.forced = probe is not None
 
@@ -622,7 +631,7 @@ class InputDetector(Defense):
 
     def _wanted(self, exclude_base: bool = False) -> dict[str, Any]:
         wanted = {"data": str(self.data) if self.data else None, "layers": self.candidate_layers(), "l2": self.l2,
-                  "max_examples": self.max_examples, "seed": self.seed}
+                  "max_examples": self.max_examples, "seed": self.seed, "framing": self.framing.model_dump()}
         return wanted if exclude_base else {**wanted, "base_fingerprint": self.model.config.base.fingerprint}
 
     def info(self) -> dict[str, Any]:
@@ -640,10 +649,11 @@ class InputDetector(Defense):
         self.probe = self._train()
 
     def _train(self) -> LinearProbe:
+        from mogu.train.augment import framed_copies
         from mogu.train.data import load_records
 
         started = time.perf_counter()
-        records = load_records(self.data)
+        records = framed_copies(load_records(self.data), self.framing.train_fraction, self.framing.val_fraction)
         train = [r for r in records if r.split == "train"]
         val = [r for r in records if r.split == "val"]
         if not train or not val:

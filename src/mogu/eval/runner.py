@@ -137,6 +137,14 @@ def _target_label(target: Any) -> str:
     return f"<MoGUModel on {target.config.base.source}>"
 
 
+def bundle_framing(bundle: Path) -> dict[str, float]:
+    """The framed copies ``mogu train`` added to the bundle's data (none for a bundle trained before they
+    existed, or one without a saved training config)."""
+    path = bundle / "train_config.json"
+    saved = json.loads(path.read_text(encoding="utf-8")).get("config", {}) if path.is_file() else {}
+    return saved.get("framing", {"train_fraction": 0.0, "val_fraction": 0.0})
+
+
 def _check_meta(path: Path, meta: dict[str, Any], names: Sequence[str], rejudge: bool) -> dict[str, Any]:
     """Merge this run's settings into ``generations/meta.json``, refusing changes under saved answers."""
     saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -290,9 +298,11 @@ def evaluate(
             options = dict(defense_options or {})
             sft_data = Path(target) / "data.jsonl" if isinstance(target, (str, Path)) and has_bundle() else None
             if sft_data is not None and sft_data.is_file():
-                # The bundle's own training instructions and responses: the baselines learn from what MoGU learnt from.
+                # The bundle's own training instructions, responses and framed copies: the baselines learn from
+                # what MoGU learnt from.
+                learnt = {"data": str(sft_data), "framing": bundle_framing(Path(target))}
                 for key in ("sft", "detect-input"):
-                    options[key] = {"data": str(sft_data), **options.get(key, {})}
+                    options[key] = {**learnt, **options.get(key, {})}
             ready[name] = make_defense(name, model(), bundle=has_bundle(), cache_dir=out / "defenses", options=options)
         return ready[name]
 
