@@ -195,6 +195,9 @@ def test_mogu_defenses_need_a_bundle_and_bad_names_fail(model):
         D.make_defense("safedecoding", model, options={"safedecoding": {"beta": 1}})
     with pytest.raises(D.DefenseError, match="option 'lr'"):
         D.make_defense("sft", model, options={"sft": {"lr": -1}})
+    for name in ("sft", "detect-input"):
+        with pytest.raises(D.DefenseError, match="train_fraction"):
+            D.make_defense(name, model, options={name: {"framing": {"train_fraction": 2}}})
     assert D.parse_defenses(" none, mogu ") == ["none", "mogu"]
 
 

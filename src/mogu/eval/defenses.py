@@ -612,7 +612,8 @@ class InputDetector(Defense):
         self.threshold, self.l2, self.refusal, self.batch_size = float(threshold), float(l2), refusal, int(batch_size)
         self.max_examples, self.seed = max_examples, int(seed)
         # the framed copies mogu train adds (the evaluation passes a bundle's own setting)
-        self.framing = FramingConfig.model_validate(framing if framing is not None else {})
+        self.framing = (framing if isinstance(framing, FramingConfig)
+                        else _config(FramingConfig, "detect-input: framing", framing or {}))
         self.probe = probe
         self.forced = probe is not None
 
