@@ -69,7 +69,7 @@ class RouterStageConfig(StageConfig):
     eval_every: int = Field(
         24, ge=1, description="the default validates the last of its 24 steps only: a second validation costs "
         "~47 s of the 15-minute CPU budget, and step 24 beat step 12 in 2 of 3 runs with framed copies "
-        "(docs/TRAINING.md)"
+        "(docs/TRAINING.md); checkpoints follow validation, so an interrupted router stage repeats its steps"
     )
     validate_at_start: bool = Field(
         False, description="the warm-started routers before any step; measured, they were never the best (0.68 "
