@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mogu.model import MoGUModel
 from mogu.train.augment import framed_copies
-from mogu.train.config import TrainConfig
+from mogu.train.config import FramingConfig, TrainConfig
 from mogu.train.data import load_records
 from mogu.train.stages import router_decoding, routed_validation
 
@@ -32,7 +32,8 @@ def main() -> None:
     saved = json.loads((args.bundle / "train_config.json").read_text(encoding="utf-8"))
     config = TrainConfig.model_validate(saved["config"])
     val = [r for r in load_records(args.bundle / "data.jsonl") if r.split == "val"]
-    framed = framed_copies(val, 0.0, 1.0)[len(val) :]  # one copy of every validation instruction
+    every = FramingConfig(train_fraction=0.0, val_fraction=1.0)
+    framed = framed_copies(val, every)[len(val) :]  # one copy of every validation instruction
     model = MoGUModel.from_pretrained(args.bundle)
     decoding = router_decoding(config)
     result = {name: routed_validation(model, records, decoding) for name, records in (("plain", val), ("framed", framed))}

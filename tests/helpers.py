@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from mogu.model import MoGUModel
@@ -23,3 +26,15 @@ def randomize(model: MoGUModel, seed: int = 0, scale: float = 0.5) -> MoGUModel:
 
 def batch(tokenizer, texts=("Hello there, how do I bake bread?", "Sure, here is a poem")):
     return tokenizer(list(texts), return_tensors="pt", padding=True)
+
+
+def instructions_file(path: Path) -> Path:
+    """A tiny instruction set with responses, so that no base answers need generating."""
+    rows = []
+    for i in range(8):
+        split = "val" if i % 4 == 0 else "train"
+        rows.append({"id": f"h{i}", "instruction": f"How do I build weapon number {i}?", "label": "harmful", "split": split})
+        rows.append({"id": f"b{i}", "instruction": f"Explain how to bake bread style {i}.", "label": "benign",
+                     "split": split, "compliant": "Mix flour, water and yeast."})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path

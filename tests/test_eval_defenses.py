@@ -13,24 +13,12 @@ from mogu.eval import defenses as D
 from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel
 from mogu.model.chat import format_chat
-from tests.helpers import randomize
+from tests.helpers import instructions_file, randomize
 
 PROMPTS = [Prompt(str(i), text, "s", "harmful") for i, text in
            enumerate(["How do I bake bread?", "Tell me a poem about the sea and the sky, please", "Hi"])]
 DECODING = DecodingConfig(max_new_tokens=6)
 SFT_OPTIONS = {"epochs": 1, "batch_size": 4, "eval_every": 2}
-
-
-def instructions_file(path: Path) -> Path:
-    """A tiny instruction set with responses, so that no base answers need generating."""
-    rows = []
-    for i in range(8):
-        split = "val" if i % 4 == 0 else "train"
-        rows.append({"id": f"h{i}", "instruction": f"How do I build weapon number {i}?", "label": "harmful", "split": split})
-        rows.append({"id": f"b{i}", "instruction": f"Explain how to bake bread style {i}.", "label": "benign",
-                     "split": split, "compliant": "Mix flour, water and yeast."})
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,9 @@ from mogu.eval import evaluate
 from mogu.eval.defenses import Defense
 from mogu.eval.judges import Judge, RefusalJudge, verdict_for
 from mogu.eval.report import REQUIRED_DEFENSE_KEYS, REQUIRED_SUITE_KEYS, pareto_frontier
-from mogu.eval.runner import EvalError, build_suites, bundle_framing, parse_defense_options, parse_judge_spec
+from mogu.eval.runner import EvalError, build_suites, parse_defense_options, parse_judge_spec
 from mogu.model import MoGUModel
-from tests.helpers import randomize
+from tests.helpers import instructions_file, randomize
 
 DECODING = DecodingConfig(max_new_tokens=4)
 
@@ -220,10 +221,15 @@ def test_cli_eval_errors(llama_dir, suite_files, tmp_path):
     assert result.exit_code == 2 and "judge spec" in result.output
 
 
-def test_baselines_get_the_framing_the_bundle_was_trained_with(tmp_path):
-    assert bundle_framing(tmp_path) == {"train_fraction": 0.0, "val_fraction": 0.0}  # no training config saved
-    (tmp_path / "train_config.json").write_text(json.dumps({"config": {"seed": 0}}))
-    assert bundle_framing(tmp_path) == {"train_fraction": 0.0, "val_fraction": 0.0}  # trained before framing existed
-    framing = {"train_fraction": 0.5, "val_fraction": 0.25}
-    (tmp_path / "train_config.json").write_text(json.dumps({"config": {"seed": 0, "framing": framing}}))
-    assert bundle_framing(tmp_path) == framing
+@pytest.mark.parametrize(("saved", "train_examples"), [
+    ({"framing": {"train_fraction": 1.0, "val_fraction": 1.0}}, 24),  # every train instruction framed once
+    ({}, 12),  # a bundle trained before framed copies existed: none
+])
+def test_baselines_learn_from_the_bundles_data_and_framing(bundle_dir, suites, tmp_path, saved, train_examples):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    instructions_file(bundle / "data.jsonl")
+    (bundle / "train_config.json").write_text(json.dumps({"config": {"seed": 0, **saved}}))
+    evaluate(bundle, suites, ["detect-input"], "keyword", DECODING, tmp_path / "out", gates_sample=0)
+    probe = json.loads((tmp_path / "out" / "defenses" / "detect-input" / "probe.json").read_text())
+    assert probe["data"] == str(bundle / "data.jsonl") and probe["train_examples"] == train_examples

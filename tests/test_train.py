@@ -84,8 +84,9 @@ def test_affirmative_openings_restate_the_request_only():
 
 def test_framed_copies_keep_label_and_responses_and_never_touch_the_test_split():
     records = [replace(r, compliant=f"yes {r.id}", refusal=f"no {r.id}") for r in load_records()]
-    framed = framed_copies(records, 0.5, 0.25)
-    assert framed[: len(records)] == records and framed_copies(records, 0.5, 0.25) == framed
+    framing = FramingConfig(train_fraction=0.5, val_fraction=0.25)
+    framed = framed_copies(records, framing)
+    assert framed[: len(records)] == records and framed_copies(records, framing) == framed
     copies = framed[len(records) :]
     by_id = {r.id: r for r in records}
     for copy in copies:
@@ -103,7 +104,7 @@ def test_framed_copies_keep_label_and_responses_and_never_touch_the_test_split()
     assert not any(c.split == "test" for c in copies)
     assert {c.id.rsplit("~", 1)[1] for c in copies} == set(TRAIN_FRAMINGS) | set(VAL_FRAMINGS)
     assert not set(TRAIN_FRAMINGS.values()) & set(VAL_FRAMINGS.values())
-    assert framed_copies(records, 0, 0) == records
+    assert framed_copies(records, FramingConfig(train_fraction=0, val_fraction=0)) == records
 
 
 def test_framing_continues_the_request_in_lower_case_except_i_and_acronyms():
@@ -160,8 +161,7 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     # the bundle's routers are the calibrated ones: they answer the validation split as measured for the chosen shift
     calibration = json.loads((out / "calibration.json").read_text())
     assert set(calibration["validation"]) == {str(s) for s in [0.0, *saved_config.calibration.shifts]}
-    records = framed_copies(load_records(out / "data.jsonl"), saved_config.framing.train_fraction,
-                            saved_config.framing.val_fraction)
+    records = framed_copies(load_records(out / "data.jsonl"), saved_config.framing)
     val = [r for r in records if r.split == "val"]
     assert any("~" in r.id for r in val)  # the framed validation copies are part of what calibration measured
     behaviour = routed_validation(MoGUModel.from_pretrained(out), val, router_decoding(saved_config))

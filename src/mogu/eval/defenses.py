@@ -339,7 +339,7 @@ class SFTDefense(Defense):
         if cfg.val_examples < len(val):
             val = [val[i] for i in sorted(rng.sample(range(len(val)), cfg.val_examples))]
         built = build_dataset(self.model, train + val, self.cache_dir / "data.jsonl", cfg.max_response_tokens, batch_size=16)
-        built = framed_copies(built, cfg.framing.train_fraction, cfg.framing.val_fraction)
+        built = framed_copies(built, cfg.framing)
         return [r for r in built if r.split == "train"], [r for r in built if r.split == "val"]
 
     def _train(self) -> dict[str, torch.Tensor]:
@@ -654,7 +654,7 @@ class InputDetector(Defense):
         from mogu.train.data import load_records
 
         started = time.perf_counter()
-        records = framed_copies(load_records(self.data), self.framing.train_fraction, self.framing.val_fraction)
+        records = framed_copies(load_records(self.data), self.framing)
         train = [r for r in records if r.split == "train"]
         val = [r for r in records if r.split == "val"]
         if not train or not val:

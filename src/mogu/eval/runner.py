@@ -137,7 +137,7 @@ def _target_label(target: Any) -> str:
     return f"<MoGUModel on {target.config.base.source}>"
 
 
-def bundle_framing(bundle: Path) -> dict[str, float]:
+def _bundle_framing(bundle: Path) -> dict[str, float]:
     """The framed copies ``mogu train`` added to the bundle's data (none for a bundle trained before they
     existed, or one without a saved training config)."""
     path = bundle / "train_config.json"
@@ -300,7 +300,7 @@ def evaluate(
             if sft_data is not None and sft_data.is_file():
                 # The bundle's own training instructions, responses and framed copies: the baselines learn from
                 # what MoGU learnt from.
-                learnt = {"data": str(sft_data), "framing": bundle_framing(Path(target))}
+                learnt = {"data": str(sft_data), "framing": _bundle_framing(Path(target))}
                 for key in ("sft", "detect-input"):
                     options[key] = {**learnt, **options.get(key, {})}
             ready[name] = make_defense(name, model(), bundle=has_bundle(), cache_dir=out / "defenses", options=options)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from mogu.train.config import FramingConfig
 from mogu.train.data import Record, stable_fraction
 
 # {request}: the instruction as written; {lower}: the same, starting lower case (to continue a sentence).
@@ -62,19 +63,19 @@ def frame(template: str, instruction: str) -> str:
     return template.format(request=request, lower=_lower_first(request))
 
 
-def framed_copies(records: list[Record], train_fraction: float, val_fraction: float) -> list[Record]:
-    """``records`` plus framed copies of a stable ``train_fraction`` of the training instructions (training
-    framings) and of a stable ``val_fraction`` of the validation ones (validation framings). A copy keeps
-    the label, category, split and responses; its id is ``"{id}~{framing}"``. Test records are never framed.
+def framed_copies(records: list[Record], framing: FramingConfig) -> list[Record]:
+    """``records`` plus framed copies of a stable ``framing.train_fraction`` of the training instructions
+    (training framings) and of a stable ``framing.val_fraction`` of the validation ones (validation framings).
+    A copy keeps the label, category, split and responses; its id is ``"{id}~{framing}"``. Test records are
+    never framed.
     """
+    by_split = {"train": (framing.train_fraction, sorted(TRAIN_FRAMINGS.items())),
+                "val": (framing.val_fraction, sorted(VAL_FRAMINGS.items()))}
     copies: list[Record] = []
     for record in records:
-        fraction, framings = {"train": (train_fraction, TRAIN_FRAMINGS), "val": (val_fraction, VAL_FRAMINGS)}.get(
-            record.split, (0.0, {}))
-        if not framings or stable_fraction(record.id + "~frame") >= fraction:
+        fraction, templates = by_split.get(record.split, (0.0, []))
+        if stable_fraction(record.id + "~frame") >= fraction:
             continue
-        names = sorted(framings)
-        name = names[int(stable_fraction(record.id + "~which") * len(names)) % len(names)]
-        copies.append(replace(record, id=f"{record.id}~{name}", instruction=frame(framings[name], record.instruction)))
+        name, template = templates[int(stable_fraction(record.id + "~which") * len(templates)) % len(templates)]
+        copies.append(replace(record, id=f"{record.id}~{name}", instruction=frame(template, record.instruction)))
     return records + copies
-

@@ -133,7 +133,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         records = load_records(work / "data.jsonl")
-    records = framed_copies(records, config.framing.train_fraction, config.framing.val_fraction)
+    records = framed_copies(records, config.framing)
     counts = summarise(records)
     log.info("instructions per split and label: %s", counts)
     train_log.write(stage="data", counts=counts)
