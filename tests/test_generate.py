@@ -25,6 +25,14 @@ def mogu(tiny_model_dirs) -> MoGUModel:
 
 
 @pytest.fixture(scope="module")
+def mogu_routed_prompt(mogu) -> MoGUModel:
+    """The same model, routing every prompt position as the paper does (``router.prompt`` "routed")."""
+    model = copy.deepcopy(mogu)
+    model.config = model.config.model_copy(update={"router": model.config.router.model_copy(update={"prompt": "routed"})})
+    return model
+
+
+@pytest.fixture(scope="module")
 def plain(tiny_model_dirs):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).eval()
 
@@ -50,7 +58,8 @@ def strip_eos(ids: list[int], model: MoGUModel) -> list[int]:
 
 def released_reference(model: MoGUModel, plain, prompt: str, m: int, n: int) -> list[int]:
     """The released procedure: a second full copy for the mixed model, no KV cache for the
-    routed tokens (the whole sequence is re-run for each), then the base copy re-reads it all."""
+    routed tokens (the whole sequence is re-run for each), then the base copy re-reads it all.
+    Under ``router.prompt`` "base" the mixed copy routes only the last prompt token onwards."""
     mixed = copy.deepcopy(model)
     mixed.set_mode("mogu")
     ids = prompt_ids(model, prompt)
@@ -58,7 +67,10 @@ def released_reference(model: MoGUModel, plain, prompt: str, m: int, n: int) -> 
     routed: list[int] = []
     with torch.no_grad():
         for _ in range(m):
-            logits = mixed(input_ids=torch.cat([ids, torch.tensor([routed], dtype=ids.dtype)], dim=1)).logits
+            full = torch.cat([ids, torch.tensor([routed], dtype=ids.dtype)], dim=1)
+            if model.config.router.prompt == "base":
+                mixed.state.routed = torch.arange(full.shape[1])[None] >= ids.shape[1] - 1
+            logits = mixed(input_ids=full).logits
             token = int(logits[0, -1].argmax())
             routed.append(token)
             if token == eos:
@@ -82,19 +94,42 @@ def test_routing_changes_the_output(mogu, plain):
     assert routed != base  # the randomised experts must matter, or the tests below prove nothing
 
 
+@pytest.mark.parametrize("prompt_reading", ["routed", "base"])
 @pytest.mark.parametrize("handover", ["cached", "faithful"])
-def test_batch_equals_one_by_one(mogu, handover):
+def test_batch_equals_one_by_one(mogu, mogu_routed_prompt, handover, prompt_reading):
+    model = mogu_routed_prompt if prompt_reading == "routed" else mogu
     decoding = GREEDY.model_copy(update={"handover": handover})
-    batched = [g.token_ids for g in generate(mogu, PROMPTS, decoding)]
-    single = [generate(mogu, [p], decoding)[0].token_ids for p in PROMPTS]
+    batched = [g.token_ids for g in generate(model, PROMPTS, decoding)]
+    single = [generate(model, [p], decoding)[0].token_ids for p in PROMPTS]
     assert batched == single
 
 
-def test_faithful_mode_matches_the_released_procedure(mogu, plain):
+@pytest.mark.parametrize("prompt_reading", ["routed", "base"])
+def test_faithful_mode_matches_the_released_procedure(mogu, mogu_routed_prompt, plain, prompt_reading):
+    model = mogu_routed_prompt if prompt_reading == "routed" else mogu
     decoding = GREEDY.model_copy(update={"handover": "faithful", "routed_tokens": 5})
     for prompt in PROMPTS:
-        [result] = generate(mogu, [prompt], decoding)
-        assert result.token_ids == released_reference(mogu, plain, prompt, 5, 12)
+        [result] = generate(model, [prompt], decoding)
+        assert result.token_ids == released_reference(model, plain, prompt, 5, 12)
+
+
+def test_reading_the_prompt_with_the_base_model_changes_the_output(mogu, mogu_routed_prompt):
+    # else the two tests above would not tell the prompt readings apart
+    assert mogu.config.router.prompt == "base"
+    assert [g.token_ids for g in generate(mogu, PROMPTS, GREEDY)] != [g.token_ids for g in generate(mogu_routed_prompt, PROMPTS, GREEDY)]
+
+
+def test_training_routes_the_positions_generation_routes(mogu, mogu_routed_prompt):
+    # labels mark the response: the last prompt token up to the second-last response token are routed
+    # (as the released_reference above routes them), the prompt before is read by the base model
+    ids = prompt_ids(mogu, PROMPTS[0])
+    labels = torch.cat([torch.full_like(ids, -100), torch.tensor([[5, 6, 7]])], dim=1)
+    with mogu.mode("mogu", labels=labels):
+        routed = mogu.state.routed.tolist()
+    assert routed == [[False] * (ids.shape[1] - 1) + [True] * 3 + [False]]
+    assert mogu.state.routed is None
+    with mogu_routed_prompt.mode("mogu", labels=labels):  # router.prompt "routed": every position
+        assert mogu_routed_prompt.state.routed is None
 
 
 def test_sampling_with_a_seed_is_reproducible(mogu):
@@ -138,14 +173,22 @@ def test_gates_per_routed_token_and_layer(mogu):
     assert generate(mogu, PROMPTS[:1], GREEDY)[0].gates is None
 
 
-def test_first_routed_gates_are_those_at_the_last_prompt_token(mogu):
+@pytest.mark.parametrize("prompt_reading", ["routed", "base"])
+def test_first_routed_gates_are_those_at_the_last_prompt_token(mogu, mogu_routed_prompt, prompt_reading):
     # the router validation reads the first decision's gates from the trace of a left-padded batch
-    results = generate(mogu, PROMPTS, GREEDY.model_copy(update={"return_gates": True}))
+    model = mogu_routed_prompt if prompt_reading == "routed" else mogu
+    results = generate(model, PROMPTS, GREEDY.model_copy(update={"return_gates": True}))
     for prompt, result in zip(PROMPTS, results):
-        with torch.no_grad(), mogu.mode("mogu", record=True):
-            mogu(input_ids=prompt_ids(mogu, prompt))
-        expected = torch.stack([mogu.state.gates[i][0, -1] for i in mogu.config.layers])  # (layers, 2)
-        mogu.state.gates.clear()
+        ids = prompt_ids(model, prompt)
+        if prompt_reading == "base":  # the prompt before its last token is read by the base model
+            model.state.routed = torch.arange(ids.shape[1])[None] == ids.shape[1] - 1
+        try:
+            with torch.no_grad(), model.mode("mogu", record=True):
+                model(input_ids=ids)
+        finally:
+            model.state.routed = None
+        expected = torch.stack([model.state.gates[i][0, -1] for i in model.config.layers])  # (layers, 2)
+        model.state.gates.clear()
         assert torch.allclose(result.gates[0], expected.float(), atol=1e-5)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -9,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from mogu.config import RouterConfig
 from mogu.model import MoGUModel
+from mogu.model.bundle import read_config
 from mogu.model.layer import MoGULayer
 
 from tests.helpers import batch, randomize
@@ -106,6 +109,17 @@ def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape):
         with model.mode(mode), loaded.mode(mode):
             assert torch.equal(logits(model, inputs), logits(loaded, inputs))
     assert loaded.config == model.config
+
+
+def test_bundles_saved_before_prompt_reading_existed_route_their_prompts(llama_dir, tmp_path):
+    model = MoGUModel.from_base(str(llama_dir))
+    assert model.config.router.prompt == "base"
+    model.save_pretrained(tmp_path / "bundle")
+    path = tmp_path / "bundle" / "mogu_config.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    del saved["config"]["router"]["prompt"]  # as written by mogu before stop 16
+    path.write_text(json.dumps(saved), encoding="utf-8")
+    assert read_config(tmp_path / "bundle").router.prompt == "routed"
 
 
 @pytest.mark.parametrize("stage", ["glad", "unwill", "router"])

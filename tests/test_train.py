@@ -16,11 +16,13 @@ from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
 from mogu.train import loop
 from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame, framed_copies
+from mogu.model.positions import decision_mask
 from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, FramingConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
 from mogu.train.pipeline import OutputExistsError, train
 from mogu.train.stages import class_weights, ratio_loss, router_decoding, router_gate_loss, routed_validation
+from tests.helpers import randomize
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -243,25 +245,50 @@ def test_router_warm_start_installs_per_layer_probes(llama_dir):
 
 
 def test_router_inputs_are_those_of_the_full_sequence(llama_dir):
-    # collect_router_inputs runs only as much of each response as the wanted positions need
+    # collect_router_inputs runs only as much of each response as the wanted positions need, and reads
+    # the prompt as training does (router.prompt "base": the base model up to the last prompt token)
     from mogu.train.router_init import collect_router_inputs
 
-    model = MoGUModel.from_base(str(llama_dir))
+    model = randomize(MoGUModel.from_base(str(llama_dir)))  # experts that matter: routing changes later inputs
     pairs = tokenize_pairs(model, [("Bake bread", "Sure, mix flour and water."), ("Hi", "Hello there, friend.")], 64, 8).pairs
     features, labels = collect_router_inputs(model, [(pairs[0], True), (pairs[1], False)], positions=3)
-    layer = model.layers[0]
-    seen = []
-    handle = layer.router.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-    try:
-        with torch.no_grad(), model.mode("mogu"):
+    layer = model.layers[-1]
+
+    def full_sequence_inputs(with_labels: bool) -> torch.Tensor:
+        seen = []
+        handle = layer.router.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
             inputs = collate(pairs, model.tokenizer.pad_token_id)
-            inputs.pop("labels")
-            model(**inputs)
+            routed_by = inputs.pop("labels")
+            with torch.no_grad(), model.mode("mogu", labels=routed_by if with_labels else None):
+                model(**inputs)
+        finally:
+            handle.remove()
+        return torch.cat([seen[0][row, len(p.prompt) - 1 : len(p.prompt) + 2] for row, p in enumerate(pairs)]).float()
+
+    assert labels.tolist() == [1.0] * 3 + [0.0] * 3
+    assert torch.allclose(features[layer.layer_index], full_sequence_inputs(with_labels=True), atol=1e-5)
+    assert not torch.allclose(features[layer.layer_index], full_sequence_inputs(with_labels=False), atol=1e-3)
+
+
+def test_router_stage_routes_only_the_decision_positions(llama_dir):
+    # the router loss reads the prompt with the base model, as generation does (router.prompt "base")
+    from mogu.train.stages import router_stage
+
+    model = randomize(MoGUModel.from_base(str(llama_dir)))
+    records = [Record(f"h{i}", f"How do I build weapon {i}?", "harmful", compliant="Sure, here", refusal="I can't.")
+               for i in range(2)]
+    records += [Record(f"b{i}", f"Bake bread style {i}", "benign", compliant="Mix flour.", refusal="I can't.") for i in range(2)]
+    stage = router_stage(model, records, tiny_config(llama_dir, None), lambda *_: None)
+    seen = []
+    handle = model.layers[0].register_forward_pre_hook(lambda layer, _args: seen.append(layer.state.routed))
+    try:
+        stage.loss(stage.items)
     finally:
         handle.remove()
-    expected = torch.cat([seen[0][row, len(p.prompt) - 1 : len(p.prompt) + 2] for row, p in enumerate(pairs)])
-    assert labels.tolist() == [1.0] * 3 + [0.0] * 3
-    assert torch.allclose(features[layer.layer_index], expected.float(), atol=1e-5)
+    batch = collate([pair for pair, _ in stage.items], model.tokenizer.pad_token_id)
+    assert seen and seen[0] is not None and torch.equal(seen[0], decision_mask(batch["labels"]))
+    assert model.state.routed is None
 
 
 def test_response_ce_equals_the_full_logits_ce(tiny_dir, monkeypatch):

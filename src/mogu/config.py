@@ -51,12 +51,21 @@ class RouterConfig(StrictModel):
     ``input_norm`` divides the router input by its RMS: the input of the
     attention output projection is not normalised, and its scale differs from
     layer to layer, which makes a shared learning rate a poor fit.
+    ``prompt`` says how the prompt is read in the routed modes: ``routed``
+    mixes the experts at every position, as the paper does; ``base`` reads the
+    prompt up to its last token with the base model alone and routes only the
+    positions whose output chooses a response token (the last prompt token
+    onwards), so the routers there alone decide: measured better on the
+    validation split, above all on framed requests (docs/TRAINING.md,
+    "Reading the prompt"). Bundles saved before this field existed read
+    prompts ``routed`` (``MoGUConfig``).
     """
 
     shape: Literal["paper", "linear"] = "linear"
     hidden: int = Field(512, ge=1)
     input_norm: bool = True
     init_bias: float = Field(0.0, description="initial logit of both scorers (0 -> weight 0.5)")
+    prompt: Literal["routed", "base"] = "base"
 
 
 class BaseModelInfo(StrictModel):
@@ -83,6 +92,14 @@ class MoGUConfig(StrictModel):
     )
     chat_template: str | None = None
     mogu_version: str = __version__
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_of_older_bundles(cls, data: Any) -> Any:
+        """Bundles saved before ``router.prompt`` existed were trained and used with every position routed."""
+        if isinstance(data, dict) and isinstance(data.get("router"), dict) and "prompt" not in data["router"]:
+            data = {**data, "router": {**data["router"], "prompt": "routed"}}
+        return data
 
     @model_validator(mode="after")
     def _same_length(self) -> MoGUConfig:

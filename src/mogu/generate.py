@@ -13,6 +13,10 @@ in the plain model. Hand-over modes:
     the base model continues on the routed phase's cache, whose keys and
     values for the prompt were computed by the mixed model (no re-read).
 
+Under ``router.prompt`` "base" the base model first reads each prompt up to
+its last token, and the routed phase continues from that cache: only the
+positions whose output chooses a token are routed, as in training.
+
 Gates (``return_gates``): for routed token ``i`` and each routed layer, the
 (w_unwill, w_glad) weights at the position whose output chose token ``i``
 (the last prompt position for the first token).
@@ -203,6 +207,21 @@ class TextDecoder:
         return self._release(final=True)
 
 
+def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor):
+    """Under ``router.prompt`` "base": the base model's cache of each prompt but its last token, from which
+    the routed phase continues (it then routes the last prompt token onwards); otherwise None.
+
+    Position ids follow the attention mask, as ``generate`` derives them (prompts are left-padded).
+    """
+    if model.config.router.prompt != "base" or input_ids.shape[1] < 2:
+        return None
+    head, head_mask = input_ids[:, :-1], mask[:, :-1]
+    positions = (head_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with model.mode("base"), torch.no_grad():
+        out = model.base_model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True)
+    return out.past_key_values
+
+
 def generate(
     model: MoGUModel,
     prompts: Sequence[ChatInput],
@@ -227,6 +246,7 @@ def generate(
     gates = None
     cache = None
     if m > 0:
+        prompt_cache = read_prompt_in_base(model, input_ids, mask) if decoding.mode in ("mogu", "fixed") else None
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and decoding.mode in ("mogu", "fixed") else None
         routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
@@ -236,6 +256,7 @@ def generate(
                 out = model.base_model.generate(
                     input_ids=input_ids,
                     attention_mask=mask,
+                    past_key_values=prompt_cache,
                     generation_config=routed_config,
                     streamer=streamer,
                     **tokenizer_kw,

@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mogu.config import EXPERTS, ExpertConfig, Mode, MoGUConfig, RouterConfig, provenance, write_json_atomic
 from mogu.model.layer import MoGULayer, RoutingState
 from mogu.model.loading import DEFAULT_MODEL, load_base
+from mogu.model.positions import decision_mask
 from mogu.model.router import PAPER_KEYS, fold_state_dict
 from mogu.model.targets import find_targets
 
@@ -241,16 +242,30 @@ class MoGUModel(nn.Module):
             self.state.fixed = (float(fixed[0]), float(fixed[1]))
 
     @contextlib.contextmanager
-    def mode(self, mode: Mode, fixed: tuple[float, float] | None = None, record: bool | None = None) -> Iterator[None]:
-        """Temporarily switch mode (and gate recording)."""
-        previous = (self.state.mode, self.state.fixed, self.state.record)
+    def mode(
+        self,
+        mode: Mode,
+        fixed: tuple[float, float] | None = None,
+        record: bool | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> Iterator[None]:
+        """Temporarily switch mode (and gate recording).
+
+        ``labels`` (batch, seq; prompt and padding masked) are those of the
+        forward passes to come over whole known sequences (training, probes):
+        under ``router.prompt`` "base" they say which positions are routed.
+        Generation needs none (``mogu.generate`` reads the prompt in mode base).
+        """
+        previous = (self.state.mode, self.state.fixed, self.state.record, self.state.routed)
         self.set_mode(mode, fixed)
         if record is not None:
             self.state.record = record
+        if labels is not None and self.config.router.prompt == "base":
+            self.state.routed = decision_mask(labels)
         try:
             yield
         finally:
-            self.state.mode, self.state.fixed, self.state.record = previous
+            self.state.mode, self.state.fixed, self.state.record, self.state.routed = previous
 
     def gates(self) -> torch.Tensor:
         """Gate weights of the last recorded forward: (layers, batch, seq, 2), [..., 0] unwill, [..., 1] glad."""

@@ -8,6 +8,9 @@ For input ``h`` the output in each mode is::
     mogu    (w_u + w_g) * W h + s * (w_u * dW_unwill h + w_g * dW_glad h),  (w_u, w_g) = router(h)
     fixed   the same with (w_u, w_g) given
 
+(in the routed modes ``mogu`` and ``fixed``, positions outside ``RoutingState.routed``,
+when it is set, get ``W h``: how a prompt is read under ``RouterConfig.prompt`` "base")
+
 which is ``w_u * Unwill_resp(h) + w_g * Glad_resp(h)`` as in MoGU. For base
 projections with a bias, ``W h`` includes the bias (the whole expert output is
 weighted). The LoRA parameter names (``lora_A.<expert>.weight``) follow PEFT's
@@ -37,6 +40,9 @@ class RoutingState:
     # While decoding: layer -> one (batch, 2) tensor per forward, the gates at the last position
     # (the position whose output chooses the next token). None: not traced.
     trace: dict[int, list[torch.Tensor]] | None = None
+    # (batch, seq) bool: the positions the routed modes route; the others get the base projection.
+    # None: every position (set for one forward over known sequences, see MoGUModel.mode).
+    routed: torch.Tensor | None = None
 
 
 def projection_features(module: nn.Module) -> tuple[int, int]:
@@ -100,4 +106,6 @@ class MoGULayer(nn.Module):
             self.state.trace.setdefault(self.layer_index, []).append(gates[:, -1].detach())
         w_unwill, w_glad = gates[..., :1], gates[..., 1:]
         mixed = (w_unwill + w_glad) * out.float() + w_unwill * self.delta("unwill", x) + w_glad * self.delta("glad", x)
+        if self.state.routed is not None:
+            mixed = torch.where(self.state.routed[..., None].to(mixed.device), mixed, out.float())
         return mixed.to(out.dtype)

@@ -16,8 +16,7 @@ import torch
 import transformers.modeling_utils
 
 from mogu.model import MoGUModel, format_chat
-
-IGNORE = -100
+from mogu.model.positions import IGNORE, decision_mask
 
 
 @dataclass
@@ -68,13 +67,6 @@ def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
         mask[row, : len(seq)] = 1
         labels[row, len(p.prompt) : len(seq)] = torch.tensor(p.response)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def decision_mask(labels: torch.Tensor) -> torch.Tensor:
-    """Positions whose output chooses a response token: the last prompt token up to the second-last response token."""
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[:, :-1] = labels[:, 1:] != IGNORE
-    return mask
 
 
 def gate_mask(labels: torch.Tensor, attention_mask: torch.Tensor, which: str, routed_tokens: int) -> torch.Tensor:

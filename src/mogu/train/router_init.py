@@ -55,13 +55,14 @@ def collect_router_inputs(
     handles = [layer.register_forward_pre_hook(hook(layer.layer_index)) for layer in model.layers]
     labels = []
     try:
-        with torch.no_grad(), model.mode(mode):
+        with torch.no_grad():
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 # decision positions: the last prompt token up to the second-last response token; the
-                # model is causal, so the response beyond the wanted positions need not be run
+                # model is causal, so the response beyond the wanted positions need not be run (the
+                # n-th response token is kept as a label: the labels mark the decision positions)
                 counts = [min(positions, len(pair.response)) for pair, _ in chunk]
-                batch = collate([Pair(pair.prompt, pair.response[: n - 1]) for (pair, _), n in zip(chunk, counts)],
+                batch = collate([Pair(pair.prompt, pair.response[:n]) for (pair, _), n in zip(chunk, counts)],
                                 model.tokenizer.pad_token_id)
                 rows, cols = [], []
                 for row, ((pair, benign), n) in enumerate(zip(chunk, counts)):
@@ -70,9 +71,10 @@ def collect_router_inputs(
                     cols += range(first, first + n)
                     labels += [benign] * n
                 current["rows"], current["cols"] = torch.tensor(rows), torch.tensor(cols)
-                batch.pop("labels")
+                labels_of_batch = batch.pop("labels")
                 # the decoder stack only: the vocabulary projection would be wasted work
-                model.base_model.base_model(**{k: v.to(model.device) for k, v in batch.items()})
+                with model.mode(mode, labels=labels_of_batch):
+                    model.base_model.base_model(**{k: v.to(model.device) for k, v in batch.items()})
     finally:
         for handle in handles:
             handle.remove()

@@ -176,7 +176,7 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
 
     def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:
         batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
-        with model.mode("mogu", record=True):
+        with model.mode("mogu", record=True, labels=batch["labels"]):
             ce = response_ce(model, batch)
         gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
         model.state.gates.clear()
