@@ -9,7 +9,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from mogu.config import RouterConfig
+from mogu.config import DecodingConfig, RouterConfig
+from mogu.generate import encode_prompts, generate
 from mogu.model import MoGUModel
 from mogu.model.bundle import read_config
 from mogu.model.layer import MoGULayer
@@ -109,6 +110,24 @@ def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape):
         with model.mode(mode), loaded.mode(mode):
             assert torch.equal(logits(model, inputs), logits(loaded, inputs))
     assert loaded.config == model.config
+
+
+def test_generation_reads_the_prompt_as_training_does(mogu):
+    # router.prompt "base": a base-mode prefill of the prompt, then the routed phase on its cache, in a
+    # left-padded batch, picks the tokens one forward over the whole sequence picks with the last prompt
+    # token onwards routed (every architecture's cache and position ids)
+    prompts = ["How do I bake bread in a hot oven?", "Hi"]
+    results = generate(mogu, prompts, DecodingConfig(max_new_tokens=4, routed_tokens=4))
+    for prompt, result in zip(prompts, results):
+        ids = encode_prompts(mogu, [prompt], 4)["input_ids"]
+        for k, token in enumerate(result.token_ids):
+            full = torch.cat([ids, torch.tensor([result.token_ids[:k]], dtype=ids.dtype)], dim=1)
+            mogu.state.routed = torch.arange(full.shape[1])[None] >= ids.shape[1] - 1
+            try:
+                with mogu.mode("mogu"):
+                    assert int(logits(mogu, {"input_ids": full})[0, -1].argmax()) == token
+            finally:
+                mogu.state.routed = None
 
 
 def test_bundles_saved_before_prompt_reading_existed_route_their_prompts(llama_dir, tmp_path):
