@@ -106,7 +106,7 @@ class RouterStageConfig(StageConfig):
         description="positions under the gate loss: 'decision' = the positions whose output chooses a response "
         "token (last prompt token onwards), 'routed' = only the first routed_tokens of those (the ones routed at "
         "inference), 'first' = only the last prompt token (whose gates choose the first response token), 'all' = "
-        "every position as in the released code",
+        "every position as in the released code (with router.prompt 'base' the prompt's gates are never used)",
     )
 
 
