@@ -24,6 +24,7 @@ Gates (``return_gates``): for routed token ``i`` and each routed layer, the
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -211,15 +212,17 @@ def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.T
     """Under ``router.prompt`` "base": the base model's cache of each prompt but its last token, from which
     the routed phase continues (it then routes the last prompt token onwards); otherwise None.
 
-    Position ids follow the attention mask, as ``generate`` derives them (prompts are left-padded).
+    Position ids follow the attention mask, as ``generate`` derives them for models that take them
+    (prompts are left-padded).
     """
     if model.config.router.prompt != "base" or input_ids.shape[1] < 2:
         return None
     head, head_mask = input_ids[:, :-1], mask[:, :-1]
-    positions = (head_mask.long().cumsum(-1) - 1).clamp(min=0)
+    inputs = {"input_ids": head, "attention_mask": head_mask, "use_cache": True}
+    if "position_ids" in inspect.signature(model.base_model.forward).parameters:
+        inputs["position_ids"] = (head_mask.long().cumsum(-1) - 1).clamp(min=0)
     with model.mode("base"), torch.no_grad():
-        out = model.base_model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True)
-    return out.past_key_values
+        return model.base_model(**inputs).past_key_values
 
 
 def generate(
