@@ -88,7 +88,9 @@ class MoGUConfig(StrictModel):
     router: RouterConfig = RouterConfig()
     routed_tokens: int = Field(5, ge=0, description="tokens decoded with routing before the base model takes over")
     handover: Literal["cached", "faithful"] = Field(
-        "faithful", description="faithful: the base model re-reads prompt + routed tokens (measured: cached agrees on 0 of 64 answers)"
+        "faithful",
+        description="faithful: the base model re-reads prompt + routed tokens (measured on the default bundle: cached "
+        "gives the same answer for 7 of 64 prompts, README)",
     )
     chat_template: str | None = None
     mogu_version: str = __version__
