@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -22,6 +24,17 @@ def randomize(model: MoGUModel, seed: int = 0, scale: float = 0.5) -> MoGUModel:
                 fan_in = p.shape[-1] if p.dim() > 1 else 1
                 p.copy_(torch.randn(p.shape, generator=gen) * scale / fan_in**0.5)
     return model
+
+
+@contextlib.contextmanager
+def routed_from(model: MoGUModel, first: int, length: int) -> Iterator[None]:
+    """Route positions ``first`` onwards of a ``length``-token sequence and give the others the base projection,
+    set by hand: the reference that ``router.prompt`` "base" is checked against (prompt: ``first`` = its last token)."""
+    model.state.routed = torch.arange(length)[None] >= first
+    try:
+        yield
+    finally:
+        model.state.routed = None
 
 
 def batch(tokenizer, texts=("Hello there, how do I bake bread?", "Sure, here is a poem")):

@@ -13,7 +13,7 @@ from mogu.config import DecodingConfig
 from mogu.generate import GenerationError, generate
 from mogu.model import MoGUModel
 from mogu.model.chat import ChatTemplateError
-from tests.helpers import randomize
+from tests.helpers import randomize, routed_from
 
 PROMPTS = ["How do I bake bread?", "Tell me a poem about the sea and the sky, please, in many words", "Hi"]
 GREEDY = DecodingConfig(max_new_tokens=12)
@@ -68,9 +68,9 @@ def released_reference(model: MoGUModel, plain, prompt: str, m: int, n: int) -> 
     with torch.no_grad():
         for _ in range(m):
             full = torch.cat([ids, torch.tensor([routed], dtype=ids.dtype)], dim=1)
-            if model.config.router.prompt == "base":
-                mixed.state.routed = torch.arange(full.shape[1])[None] >= ids.shape[1] - 1
-            logits = mixed(input_ids=full).logits
+            first = ids.shape[1] - 1 if model.config.router.prompt == "base" else 0
+            with routed_from(mixed, first, full.shape[1]):
+                logits = mixed(input_ids=full).logits
             token = int(logits[0, -1].argmax())
             routed.append(token)
             if token == eos:
@@ -180,13 +180,9 @@ def test_first_routed_gates_are_those_at_the_last_prompt_token(mogu, mogu_routed
     results = generate(model, PROMPTS, GREEDY.model_copy(update={"return_gates": True}))
     for prompt, result in zip(PROMPTS, results):
         ids = prompt_ids(model, prompt)
-        if prompt_reading == "base":  # the prompt before its last token is read by the base model
-            model.state.routed = torch.arange(ids.shape[1])[None] == ids.shape[1] - 1
-        try:
-            with torch.no_grad(), model.mode("mogu", record=True):
-                model(input_ids=ids)
-        finally:
-            model.state.routed = None
+        first = ids.shape[1] - 1 if prompt_reading == "base" else 0  # "base": the prompt before its last token unrouted
+        with torch.no_grad(), model.mode("mogu", record=True), routed_from(model, first, ids.shape[1]):
+            model(input_ids=ids)
         expected = torch.stack([model.state.gates[i][0, -1] for i in model.config.layers])  # (layers, 2)
         model.state.gates.clear()
         assert torch.allclose(result.gates[0], expected.float(), atol=1e-5)

@@ -15,7 +15,7 @@ from mogu.model import MoGUModel
 from mogu.model.bundle import read_config
 from mogu.model.layer import MoGULayer
 
-from tests.helpers import batch, randomize
+from tests.helpers import batch, randomize, routed_from
 
 
 def logits(model, inputs) -> torch.Tensor:
@@ -122,12 +122,8 @@ def test_generation_reads_the_prompt_as_training_does(mogu):
         ids = encode_prompts(mogu, [prompt], 4)["input_ids"]
         for k, token in enumerate(result.token_ids):
             full = torch.cat([ids, torch.tensor([result.token_ids[:k]], dtype=ids.dtype)], dim=1)
-            mogu.state.routed = torch.arange(full.shape[1])[None] >= ids.shape[1] - 1
-            try:
-                with mogu.mode("mogu"):
-                    assert int(logits(mogu, {"input_ids": full})[0, -1].argmax()) == token
-            finally:
-                mogu.state.routed = None
+            with mogu.mode("mogu"), routed_from(mogu, ids.shape[1] - 1, full.shape[1]):
+                assert int(logits(mogu, {"input_ids": full})[0, -1].argmax()) == token
 
 
 def test_bundles_saved_before_prompt_reading_existed_route_their_prompts(llama_dir, tmp_path):

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from mogu.config import ExpertConfig
 from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
+from mogu.model.positions import decision_mask
 from mogu.train import loop
 from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame, framed_copies
-from mogu.model.positions import decision_mask
 from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, FramingConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records

@@ -30,6 +30,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -208,19 +209,25 @@ class TextDecoder:
         return self._release(final=True)
 
 
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows, as ``generate`` derives them from the attention mask (padding: 0)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@cache
+def _takes_position_ids(model_class: type) -> bool:
+    return "position_ids" in inspect.signature(model_class.forward).parameters
+
+
 def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor):
     """Under ``router.prompt`` "base": the base model's cache of each prompt but its last token, from which
-    the routed phase continues (it then routes the last prompt token onwards); otherwise None.
-
-    Position ids follow the attention mask, as ``generate`` derives them for models that take them
-    (prompts are left-padded).
-    """
+    the routed phase continues (it then routes the last prompt token onwards); otherwise None."""
     if model.config.router.prompt != "base" or input_ids.shape[1] < 2:
         return None
     head, head_mask = input_ids[:, :-1], mask[:, :-1]
     inputs = {"input_ids": head, "attention_mask": head_mask, "use_cache": True}
-    if "position_ids" in inspect.signature(model.base_model.forward).parameters:
-        inputs["position_ids"] = (head_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if _takes_position_ids(type(model.base_model)):
+        inputs["position_ids"] = position_ids(head_mask)
     with model.mode("base"), torch.no_grad():
         return model.base_model(**inputs).past_key_values
 
@@ -249,9 +256,10 @@ def generate(
     gates = None
     cache = None
     if m > 0:
-        prompt_cache = read_prompt_in_base(model, input_ids, mask) if decoding.mode in ("mogu", "fixed") else None
+        routing = decoding.mode in ("mogu", "fixed")
+        prompt_cache = read_prompt_in_base(model, input_ids, mask) if routing else None
         trace: dict[int, list[torch.Tensor]] = {}
-        model.state.trace = trace if decoding.return_gates and decoding.mode in ("mogu", "fixed") else None
+        model.state.trace = trace if decoding.return_gates and routing else None
         routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
         routed_config.return_dict_in_generate = True
         try:

@@ -447,7 +447,7 @@ def safe_decode(
     """SafeDecoding with one copy of the weights: base and expert (an expert mode of ``model``) each keep
     a KV cache over the first ``m`` tokens, which are picked greedily from ``safedecoding_scores``; the
     base model then continues on its own cache with ``decoding``."""
-    from mogu.generate import TextDecoder, encode_prompts, eos_ids, hf_generation_config
+    from mogu.generate import TextDecoder, encode_prompts, eos_ids, hf_generation_config, position_ids
 
     enc = encode_prompts(model, chats, decoding.max_new_tokens)
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -457,7 +457,7 @@ def safe_decode(
     m = min(m, decoding.max_new_tokens)
     caches: dict[str, Any] = {"base": None, expert_mode: None}
     step_ids = ids
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    positions = position_ids(mask)
     full_mask = mask
     for _ in range(m):
         probs = {}

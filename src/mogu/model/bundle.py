@@ -261,7 +261,7 @@ class MoGUModel(nn.Module):
         if record is not None:
             self.state.record = record
         if labels is not None and self.config.router.prompt == "base":
-            self.state.routed = decision_mask(labels)
+            self.state.routed = decision_mask(labels).to(self.device)
         try:
             yield
         finally:

@@ -107,5 +107,5 @@ class MoGULayer(nn.Module):
         w_unwill, w_glad = gates[..., :1], gates[..., 1:]
         mixed = (w_unwill + w_glad) * out.float() + w_unwill * self.delta("unwill", x) + w_glad * self.delta("glad", x)
         if self.state.routed is not None:
-            mixed = torch.where(self.state.routed[..., None].to(mixed.device), mixed, out.float())
+            mixed = torch.where(self.state.routed[..., None], mixed, out.float())
         return mixed.to(out.dtype)
