@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM
 
 from mogu.config import DecodingConfig
-from mogu.generate import GenerationError, generate
+from mogu.generate import GenerationError, generate, with_cache
 from mogu.model import MoGUModel
 from mogu.model.chat import ChatTemplateError
 from tests.helpers import randomize, routed_from
@@ -130,6 +131,23 @@ def test_training_routes_the_positions_generation_routes(mogu, mogu_routed_promp
     assert mogu.state.routed is None
     with mogu_routed_prompt.mode("mogu", labels=labels):  # router.prompt "routed": every position
         assert mogu_routed_prompt.state.routed is None
+
+
+def test_the_kv_cache_goes_by_the_name_the_model_takes(mogu):
+    # transformers 5 renamed past_key_values to cache (the old name warns, and goes in 6.0); older
+    # releases and remote-code models only take the old name
+    class OldModel:
+        def forward(self, input_ids, past_key_values=None): ...
+
+    class NewModel:
+        def forward(self, input_ids, cache=None): ...
+
+    assert with_cache(OldModel(), "kv") == {"past_key_values": "kv"}
+    assert with_cache(NewModel(), "kv") == {"cache": "kv"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for handover in ("cached", "faithful"):
+            generate(mogu, PROMPTS, GREEDY.model_copy(update={"handover": handover}))
 
 
 def test_sampling_with_a_seed_is_reproducible(mogu):

@@ -31,10 +31,10 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
 from mogu.config import DecodingConfig
@@ -219,6 +219,26 @@ def _takes_position_ids(model_class: type) -> bool:
     return "position_ids" in inspect.signature(model_class.forward).parameters
 
 
+@cache
+def _cache_keyword(model_class: type) -> str:
+    """The name of the KV cache in this model's forward arguments and outputs.
+
+    transformers 5 renamed ``past_key_values`` to ``cache`` (the old name still works until 6.0, with a
+    deprecation warning on every call); older releases and remote-code models only know ``past_key_values``.
+    """
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(model: PreTrainedModel, kv_cache: Any) -> dict[str, Any]:
+    """``{name: kv_cache}`` to pass to ``model``'s forward or ``generate`` under the name it expects."""
+    return {_cache_keyword(type(model)): kv_cache}
+
+
+def cache_of(model: PreTrainedModel, output: Any) -> Any:
+    """The KV cache in an output of ``model``'s forward or ``generate``."""
+    return getattr(output, _cache_keyword(type(model)))
+
+
 def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor):
     """Under ``router.prompt`` "base": the base model's cache of each prompt but its last token, from which
     the routed phase continues (it then routes the last prompt token onwards); otherwise None."""
@@ -229,7 +249,7 @@ def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.T
     if _takes_position_ids(type(model.base_model)):
         inputs["position_ids"] = position_ids(head_mask)
     with model.mode("base"), torch.no_grad():
-        return model.base_model(**inputs).past_key_values
+        return cache_of(model.base_model, model.base_model(**inputs))
 
 
 def generate(
@@ -267,7 +287,7 @@ def generate(
                 out = model.base_model.generate(
                     input_ids=input_ids,
                     attention_mask=mask,
-                    past_key_values=prompt_cache,
+                    **with_cache(model.base_model, prompt_cache),
                     generation_config=routed_config,
                     streamer=streamer,
                     **tokenizer_kw,
@@ -276,7 +296,7 @@ def generate(
             model.state.trace = None
         if trace:
             gates = torch.stack([torch.stack(trace[i], dim=1) for i in model.config.layers], dim=2).float().cpu()
-        input_ids, cache = out.sequences, out.past_key_values
+        input_ids, cache = out.sequences, cache_of(model.base_model, out)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], input_ids.shape[1] - prompt_len)], dim=1)
 
     remaining = decoding.max_new_tokens - m
@@ -292,7 +312,7 @@ def generate(
             model.base_model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
-                past_key_values=cache if handover == "cached" else None,
+                **with_cache(model.base_model, cache if handover == "cached" else None),
                 generation_config=hf_generation_config(model, decoding, remaining, max(0, decoding.min_new_tokens - m)),
                 streamer=streamer,
                 **tokenizer_kw,

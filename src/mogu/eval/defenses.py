@@ -447,7 +447,7 @@ def safe_decode(
     """SafeDecoding with one copy of the weights: base and expert (an expert mode of ``model``) each keep
     a KV cache over the first ``m`` tokens, which are picked greedily from ``safedecoding_scores``; the
     base model then continues on its own cache with ``decoding``."""
-    from mogu.generate import TextDecoder, encode_prompts, eos_ids, hf_generation_config, position_ids
+    from mogu.generate import TextDecoder, cache_of, encode_prompts, eos_ids, hf_generation_config, position_ids, with_cache
 
     enc = encode_prompts(model, chats, decoding.max_new_tokens)
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -464,8 +464,8 @@ def safe_decode(
         for mode in ("base", expert_mode):
             with model.mode(mode):
                 out = model.base_model(input_ids=step_ids, attention_mask=full_mask, position_ids=positions,
-                                       past_key_values=caches[mode], use_cache=True)
-            caches[mode] = out.past_key_values
+                                       use_cache=True, **with_cache(model.base_model, caches[mode]))
+            caches[mode] = cache_of(model.base_model, out)
             probs[mode] = out.logits[:, -1].float().softmax(-1)
         tokens = safedecoding_scores(probs["base"], probs[expert_mode], alpha, top_c).argmax(-1)
         for row, token in enumerate(tokens.tolist()):
@@ -492,7 +492,7 @@ def safe_decode(
             torch.manual_seed(decoding.seed)
         with model.mode("base"):
             out = model.base_model.generate(
-                input_ids=ids, attention_mask=full_mask, past_key_values=cache,
+                input_ids=ids, attention_mask=full_mask, **with_cache(model.base_model, cache),
                 generation_config=hf_generation_config(model, decoding, remaining, max(0, decoding.min_new_tokens - m)),
                 **tokenizer_kw,
             )
