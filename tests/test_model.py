@@ -168,6 +168,12 @@ def test_route_only_equals_a_model_built_on_those_layers(tiny_dir):
     assert sum(isinstance(m, MoGULayer) for m in model.base_model.modules()) == 1
     ours, theirs = model.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # the new layers keep the model's mode: a loaded model is in eval mode, so no LoRA dropout (a run resumed
+    # after its expert stages warm-started, calibrated and evaluated with dropout on before this held)
+    assert not any(m.training for m in model.base_model.modules())
+    model.train()
+    model.route_only([1])
+    assert all(m.training for m in model.base_model.modules())
     with pytest.raises(ValueError, match=r"layers \[0\] are not routed"):
         model.route_only([0])
 

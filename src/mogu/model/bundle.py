@@ -95,6 +95,9 @@ class MoGUModel(nn.Module):
             layer.lora_A.to(original.weight.device)
             layer.lora_B.to(original.weight.device)
             layer.router.to(original.weight.device)
+            # a new module starts in training mode: with LoRA dropout on, a model put in eval mode
+            # before route_only would otherwise drop out in every forward until the next .eval()
+            layer.train(self.training)
             setattr(parent, child, layer)
             layers.append(layer)
         return layers
