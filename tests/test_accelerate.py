@@ -45,12 +45,13 @@ def test_pipeline_trains_in_bf16_on_the_gpu(llama_dir, instructions, tmp_path): 
 
 
 def test_accelerate_launch_runs_the_same_command(llama_dir, instructions, tmp_path):  # noqa: F811
-    """On CPU here; on a GPU machine the same launch trains in bf16."""
+    """Two processes on CPU here (gradients averaged, random-stream states gathered across them); on a GPU
+    machine one process trains in bf16."""
     config = tmp_path / "train.json"
     cfg = tiny_config(llama_dir, instructions).model_dump(mode="json")
     config.write_text(json.dumps(cfg))
     done = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1" if torch.cuda.is_available() else "2",
          *(["--mixed_precision", "bf16"] if torch.cuda.is_available() else ["--cpu"]),
          "-m", "mogu", "train", "--config", str(config), "--out", str(tmp_path / "b")],
         capture_output=True, text=True, timeout=600,

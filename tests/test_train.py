@@ -189,32 +189,46 @@ def test_training_data_without_a_validation_split_is_refused(llama_dir, instruct
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
 
-def test_interrupted_training_resumes_to_the_same_result(llama_dir, instructions, tmp_path, monkeypatch):
-    config = tiny_config(llama_dir, instructions)
+@pytest.mark.parametrize("crash", ["after the first router checkpoint", "before the first router checkpoint"])
+def test_interrupted_training_resumes_to_the_same_result(llama_dir, instructions, tmp_path, monkeypatch, crash):
+    # with LoRA dropout on, so that the resumed run must also draw the dropout masks the uninterrupted run drew:
+    # from the router's checkpoint, or (no checkpoint yet) from the state the finished expert stages left
+    config = tiny_config(llama_dir, instructions).model_copy(update={"expert": ExpertConfig(dropout=0.3)})
     reference = train(config, tmp_path / "reference")
 
     real = loop._write_checkpoint
     calls = {"n": 0}
 
-    def crash_after_second_router_checkpoint(directory, *args):
-        real(directory, *args)
+    def crash_in_the_router_stage(directory, *args):
         if directory.parent.name == "router":
             calls["n"] += 1
-            if calls["n"] == 2:
+            if crash.startswith("before"):
                 raise KeyboardInterrupt
+        real(directory, *args)
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "_write_checkpoint", crash_after_second_router_checkpoint)
+    monkeypatch.setattr(loop, "_write_checkpoint", crash_in_the_router_stage)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         train(config, out)
     assert not out.exists()
     work = tmp_path / "resumed.work"
-    assert (work / "glad" / "selection.json").is_file() and (work / "router" / "checkpoint").is_dir()
+    assert (work / "glad" / "selection.json").is_file() and (work / "unwill" / "selection.json").is_file()
+    assert (work / "router" / "checkpoint").is_dir() == crash.startswith("after")
     monkeypatch.setattr(loop, "_write_checkpoint", real)
     train(config, out)
     for name in ("router.safetensors", "glad/adapter_model.safetensors", "unwill/adapter_model.safetensors"):
         a, b = load_file(str(reference / name)), load_file(str(out / name))
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    # every router step's loss, the steps after the restart included (the selected step may come before them)
+    assert router_step_losses(out) == pytest.approx(router_step_losses(reference), abs=1e-6)
+
+
+def router_step_losses(bundle: Path) -> dict[int, float]:
+    """The router stage's loss per step in a bundle's training log (a resumed step's last entry)."""
+    events = [json.loads(line) for line in (bundle / "train_log.jsonl").read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in events if e.get("stage") == "router" and "loss" in e}
 
 
 def test_ratio_loss_is_guarded_at_both_ends():

@@ -32,6 +32,9 @@ from tqdm import tqdm
 
 from mogu.model import MoGUModel
 from mogu.train.config import StageConfig
+from mogu.train.rng import gather_rng_states, restore_rng_state, save_rng_states
+
+RNG_FILE = "rng.safetensors"
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +95,11 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, names: list[str], tensors:
     optimizer.load_state_dict(state)
 
 
-def _write_checkpoint(directory: Path, params: dict[str, torch.nn.Parameter], optimizer, progress: dict) -> None:
+def _write_checkpoint(directory: Path, params: dict[str, torch.nn.Parameter], optimizer, progress: dict,
+                      rng: dict[str, torch.Tensor]) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=directory.parent))
+    save_rng_states(tmp / RNG_FILE, rng)
     _save_tensors(tmp / "params.safetensors", dict(params))
     _save_tensors(tmp / "optimizer.safetensors", _optimizer_tensors(optimizer, list(params)))
     (tmp / "progress.json").write_text(json.dumps(progress, indent=1), encoding="utf-8")
@@ -127,6 +132,7 @@ def run_stage(stage: Stage, model: MoGUModel, accelerator: Accelerator, workdir:
             for name, value in load_file(str(checkpoint / "params.safetensors")).items():
                 params[name].copy_(value)
         _load_optimizer(optimizer, list(params), load_file(str(checkpoint / "optimizer.safetensors")))
+        restore_rng_state(checkpoint / RNG_FILE, accelerator)
         log.info("%s: resuming at step %d of %d", stage.name, progress["step"], total_steps)
     else:
         if stage.initialise is not None:
@@ -175,8 +181,9 @@ def run_stage(stage: Stage, model: MoGUModel, accelerator: Accelerator, workdir:
                         tokens_per_s=round(tokens_seen / max(elapsed, 1e-9), 1))
         if progress["step"] % cfg.eval_every == 0 or progress["step"] % steps_per_epoch == 0 or progress["step"] == total_steps:
             _validate(stage, model, progress, best_path, params, train_log, accelerator)
+            rng = gather_rng_states(accelerator)
             if accelerator.is_main_process:
-                _write_checkpoint(checkpoint, params, optimizer, progress)
+                _write_checkpoint(checkpoint, params, optimizer, progress, rng)
             accelerator.wait_for_everyone()
     bar.close()
     if best_path.is_file():
