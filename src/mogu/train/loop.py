@@ -7,9 +7,10 @@ accelerator's autocast (bf16 where the hardware has it).
 
 Every ``eval_every`` optimizer steps the stage is validated, the best
 parameters so far are kept (selection is automatic, on the validation split),
-and a checkpoint is written atomically: trainable parameters and optimizer
-state as safetensors, progress as JSON. A rerun resumes from it and skips the
-batches already seen, so killing the process loses at most ``eval_every`` steps.
+and a checkpoint is written atomically: trainable parameters, optimizer
+state and the random stream's state as safetensors, progress as JSON. A
+rerun resumes from it and skips the batches already seen, so killing the
+process loses at most ``eval_every`` steps.
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ from tqdm import tqdm
 
 from mogu.model import MoGUModel
 from mogu.train.config import StageConfig
-from mogu.train.rng import gather_rng_states, restore_rng_state, save_rng_states
-
-RNG_FILE = "rng.safetensors"
+from mogu.train.rng import RNG_FILE, gather_rng_states, restore_rng_state, save_rng_states
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from mogu.train.calibrate import apply_router_shift, choose_router_shift
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.layer_select import select_routed_layers
-from mogu.train.loop import RNG_FILE, TrainLog, run_stage
-from mogu.train.rng import gather_rng_states, restore_rng_state, save_rng_states
+from mogu.train.loop import TrainLog, run_stage
+from mogu.train.rng import RNG_FILE, gather_rng_states, restore_rng_state, save_rng_states
 from mogu.train.stages import expert_stage, refusal_count, router_stage
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
+RNG_FILE = "rng.safetensors"  # in a stage's checkpoint folder, and in a finished stage's folder
+
 
 def _state() -> dict[str, torch.Tensor]:
     state = {"cpu": torch.get_rng_state()}
