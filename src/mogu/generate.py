@@ -215,18 +215,18 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 @cache
-def _takes_position_ids(model_class: type) -> bool:
-    return "position_ids" in inspect.signature(model_class.forward).parameters
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    """The argument names of the model class's forward (inspected once per class: generation is a hot path)."""
+    return frozenset(inspect.signature(model_class.forward).parameters)
 
 
-@cache
 def _cache_keyword(model_class: type) -> str:
     """The name of the KV cache in this model's forward arguments and outputs.
 
     transformers 5 renamed ``past_key_values`` to ``cache`` (the old name still works until 6.0, with a
     deprecation warning on every call); older releases and remote-code models only know ``past_key_values``.
     """
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(model_class) else "past_key_values"
 
 
 def with_cache(model: PreTrainedModel, kv_cache: Any) -> dict[str, Any]:
@@ -246,7 +246,7 @@ def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.T
         return None
     head, head_mask = input_ids[:, :-1], mask[:, :-1]
     inputs = {"input_ids": head, "attention_mask": head_mask, "use_cache": True}
-    if _takes_position_ids(type(model.base_model)):
+    if "position_ids" in _forward_parameters(type(model.base_model)):
         inputs["position_ids"] = position_ids(head_mask)
     with model.mode("base"), torch.no_grad():
         return cache_of(model.base_model, model.base_model(**inputs))

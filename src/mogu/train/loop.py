@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from mogu.model import MoGUModel
 from mogu.train.config import StageConfig
-from mogu.train.rng import RNG_FILE, gather_rng_states, restore_rng_state, save_rng_states
+from mogu.train.rng import RNG_FILE, gather_rng_states, restore_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _write_checkpoint(directory: Path, params: dict[str, torch.nn.Parameter], op
                       rng: dict[str, torch.Tensor]) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=directory.parent))
-    save_rng_states(tmp / RNG_FILE, rng)
+    _save_tensors(tmp / RNG_FILE, rng)
     _save_tensors(tmp / "params.safetensors", dict(params))
     _save_tensors(tmp / "optimizer.safetensors", _optimizer_tensors(optimizer, list(params)))
     (tmp / "progress.json").write_text(json.dumps(progress, indent=1), encoding="utf-8")
@@ -107,6 +107,12 @@ def _write_checkpoint(directory: Path, params: dict[str, torch.nn.Parameter], op
         directory.rename(old)
     tmp.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_random_stream(workdir: Path, accelerator: Accelerator) -> None:
+    """The random stream as the stage's last checkpoint left it: where a resumed stage goes on from, and,
+    for a finished stage (checkpointed at its last step), where the next stage starts."""
+    restore_rng_state(workdir / "checkpoint" / RNG_FILE, accelerator)
 
 
 def run_stage(stage: Stage, model: MoGUModel, accelerator: Accelerator, workdir: Path, train_log: TrainLog, seed: int) -> dict:
@@ -131,7 +137,7 @@ def run_stage(stage: Stage, model: MoGUModel, accelerator: Accelerator, workdir:
             for name, value in load_file(str(checkpoint / "params.safetensors")).items():
                 params[name].copy_(value)
         _load_optimizer(optimizer, list(params), load_file(str(checkpoint / "optimizer.safetensors")))
-        restore_rng_state(checkpoint / RNG_FILE, accelerator)
+        restore_random_stream(workdir, accelerator)
         log.info("%s: resuming at step %d of %d", stage.name, progress["step"], total_steps)
     else:
         if stage.initialise is not None:

@@ -29,8 +29,7 @@ from mogu.train.calibrate import apply_router_shift, choose_router_shift
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.layer_select import select_routed_layers
-from mogu.train.loop import TrainLog, run_stage
-from mogu.train.rng import RNG_FILE, gather_rng_states, restore_rng_state, save_rng_states
+from mogu.train.loop import TrainLog, restore_random_stream, run_stage
 from mogu.train.stages import expert_stage, refusal_count, router_stage
 
 log = logging.getLogger(__name__)
@@ -161,7 +160,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
                 model.load_router(stage_dir / "router.safetensors")
             else:
                 model.load_expert(name, stage_dir / "adapter")
-            restore_rng_state(stage_dir / RNG_FILE, accelerator)  # the later stages draw as in one run
+            restore_random_stream(stage_dir, accelerator)  # the later stages draw as in one run
             log.info("stage %s already done; loaded its result", name)
             continue
         start = time.perf_counter()
@@ -171,9 +170,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
         result = run_stage(training, model, accelerator, stage_dir, train_log, config.seed)
         model.set_trainable(None)
         result["seconds"] = round(time.perf_counter() - start, 1)
-        rng = gather_rng_states(accelerator)
         if accelerator.is_main_process:
-            save_rng_states(stage_dir / RNG_FILE, rng)
             if name == "router":
                 from safetensors.torch import save_file
 

@@ -1,12 +1,14 @@
 """Random-stream state saved with checkpoints, so that a resumed run draws what an uninterrupted one would.
 
 LoRA dropout draws from torch's global random stream during the expert and
-router steps. A run killed and started again restores, with a stage's
-checkpoint or with a finished stage it skips, the stream as the uninterrupted
-run had it at that point; without that, a resumed run's later dropout masks
-(and so its bundle) would differ from an uninterrupted run's. Under
-``accelerate launch`` every process has its own stream; each one's state is
-kept (gathered to the main process, which writes the file).
+router steps. A run killed and started again restores the stream from the
+checkpoint it resumes from, or from the last checkpoint of a finished stage it
+skips (written at the stage's last step, after which the stage draws
+nothing), as the uninterrupted run had it there; without that, a resumed
+run's later dropout masks (and so its bundle) would differ from an
+uninterrupted run's. Under ``accelerate launch`` every process has its own
+stream; each one's state is kept (gathered to the main process, which writes
+the checkpoint).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-RNG_FILE = "rng.safetensors"  # in a stage's checkpoint folder, and in a finished stage's folder
+RNG_FILE = "rng.safetensors"  # in a stage's checkpoint folder
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -34,22 +36,18 @@ def gather_rng_states(accelerator: Accelerator) -> dict[str, torch.Tensor]:
     return {f"{stream}.rank{rank}": value for rank, state in enumerate(states) for stream, value in state.items()}
 
 
-def save_rng_states(path: Path, states: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.contiguous() for k, v in states.items()}, str(path))
+def restore_rng_state(path: Path, accelerator: Accelerator) -> None:
+    """Set this process's random stream from ``path`` (``gather_rng_states`` saved as safetensors).
 
-
-def restore_rng_state(path: Path, accelerator: Accelerator) -> bool:
-    """Set this process's random stream from ``path`` (written by ``save_rng_states``); False if there is none.
-
-    Work folders written before the state was saved have no file: their resumed runs draw anew, as they did.
+    Checkpoints written before the state was saved have no file, and a file from a run with fewer processes
+    has no entry for this one: those resumed runs draw anew, as they always did.
     """
     if not path.is_file():
-        return False
+        return
     suffix = f".rank{accelerator.process_index}"
     mine = {k[: -len(suffix)]: v for k, v in load_file(str(path)).items() if k.endswith(suffix)}
     if "cpu" not in mine:
-        return False
+        return
     torch.set_rng_state(mine["cpu"])
     if "cuda" in mine and torch.cuda.is_available():
         torch.cuda.set_rng_state(mine["cuda"])
-    return True
