@@ -14,6 +14,7 @@ from mogu.generate import encode_prompts, generate
 from mogu.model import MoGUModel
 from mogu.model.bundle import read_config
 from mogu.model.layer import MoGULayer
+from mogu.model.router import Router
 
 from tests.helpers import batch, randomize, routed_from
 
@@ -100,9 +101,26 @@ def test_gates_are_recorded_per_layer_and_token(mogu, tiny_tokenizer):
     assert ((gates >= 0) & (gates <= 1)).all() and gates.std() > 0
 
 
-@pytest.mark.parametrize("shape", ["paper", "linear"])
-def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape):
-    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(shape=shape, hidden=8)))
+def test_a_stacking_router_scores_the_inputs_of_the_routed_layers_below(tiny_dir, tiny_tokenizer):
+    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(reads="stack")))
+    assert [layer.reads for layer in model.layers] == [(0,), (0, 1)]
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [layer.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m.layer_index, args[0]))
+               for layer in model.layers]
+    with torch.no_grad(), model.mode("mogu", record=True):
+        model(**batch(tiny_tokenizer))
+    for handle in handles:
+        handle.remove()
+    gates = model.state.gates
+    with torch.no_grad():
+        assert torch.allclose(gates[0], model.layers[0].router(inputs[0]))
+        assert torch.allclose(gates[1], model.layers[1].router(torch.cat([inputs[0], inputs[1]], dim=-1)))
+        assert not torch.allclose(gates[1], model.layers[1].router(torch.cat([inputs[1], inputs[1]], dim=-1)))
+
+
+@pytest.mark.parametrize("shape,reads", [("paper", "own"), ("linear", "own"), ("paper", "stack"), ("linear", "stack")])
+def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape, reads):
+    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(shape=shape, hidden=8, reads=reads)))
     model.save_pretrained(tmp_path / "bundle")
     loaded = MoGUModel.from_pretrained(tmp_path / "bundle", fold_routers=False)
     inputs = batch(tiny_tokenizer)
@@ -112,10 +130,12 @@ def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape):
     assert loaded.config == model.config
 
 
-def test_generation_reads_the_prompt_as_training_does(mogu):
+@pytest.mark.parametrize("reads", ["own", "stack"])
+def test_generation_reads_the_prompt_as_training_does(tiny_dir, reads):
     # router.prompt "base": a base-mode prefill of the prompt, then the routed phase on its cache, in a
     # left-padded batch, picks the tokens one forward over the whole sequence picks with the last prompt
     # token onwards routed (every architecture's cache and position ids)
+    mogu = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(reads=reads)))
     prompts = ["How do I bake bread in a hot oven?", "Hi"]
     results = generate(mogu, prompts, DecodingConfig(max_new_tokens=4, routed_tokens=4))
     for prompt, result in zip(prompts, results):
@@ -126,15 +146,18 @@ def test_generation_reads_the_prompt_as_training_does(mogu):
                 assert int(logits(mogu, {"input_ids": full})[0, -1].argmax()) == token
 
 
-def test_bundles_saved_before_prompt_reading_existed_route_their_prompts(llama_dir, tmp_path):
-    model = MoGUModel.from_base(str(llama_dir))
-    assert model.config.router.prompt == "base"
+@pytest.mark.parametrize("field,older", [("prompt", "routed"), ("reads", "own")])
+def test_bundles_saved_before_a_router_field_existed_keep_their_behaviour(llama_dir, tmp_path, field, older):
+    # router.prompt came at stop 16, router.reads at stop 18; the current defaults are "base" and "stack"
+    model = MoGUModel.from_base(str(llama_dir), router=RouterConfig(**{field: older}))
     model.save_pretrained(tmp_path / "bundle")
     path = tmp_path / "bundle" / "mogu_config.json"
     saved = json.loads(path.read_text(encoding="utf-8"))
-    del saved["config"]["router"]["prompt"]  # as written by mogu before stop 16
+    del saved["config"]["router"][field]  # as written by mogu before the field existed
     path.write_text(json.dumps(saved), encoding="utf-8")
-    assert read_config(tmp_path / "bundle").router.prompt == "routed"
+    assert getattr(RouterConfig(), field) != older
+    assert getattr(read_config(tmp_path / "bundle").router, field) == older
+    assert MoGUModel.from_pretrained(tmp_path / "bundle").config.router == model.config.router
 
 
 @pytest.mark.parametrize("stage", ["glad", "unwill", "router"])
@@ -178,12 +201,15 @@ def test_route_only_equals_a_model_built_on_those_layers(tiny_dir):
         model.route_only([0])
 
 
-def test_parameter_counts(llama_dir):
-    paper = MoGUModel.from_base(str(llama_dir), router=RouterConfig(shape="paper", hidden=16)).parameter_counts()
-    linear = MoGUModel.from_base(str(llama_dir), router=RouterConfig(shape="linear")).parameter_counts()
+@pytest.mark.parametrize("reads", ["own", "stack"])
+def test_parameter_counts(llama_dir, reads):
+    paper = MoGUModel.from_base(str(llama_dir), router=RouterConfig(shape="paper", hidden=16, reads=reads))
+    paper = paper.parameter_counts()
+    linear = MoGUModel.from_base(str(llama_dir), router=RouterConfig(shape="linear", reads=reads)).parameter_counts()
     d = 32  # hidden size of the tiny llama = o_proj in/out
-    assert linear["router"] == 2 * 2 * (d + 1)
-    assert paper["router"] == 2 * 2 * (d * 16 + 16 * d + d + d + 1)
+    inputs = [d, d] if reads == "own" else [d, 2 * d]  # the second of two layers also reads the first one's input
+    assert linear["router"] == sum(2 * (n + 1) for n in inputs)
+    assert paper["router"] == sum(2 * (n * 16 + 16 * n + n + n + 1) for n in inputs)
     assert paper["expert_glad"] == 2 * 8 * (d + d)
     assert paper["base"] == linear["base"] == sum(
         p.numel() for p in AutoModelForCausalLM.from_pretrained(llama_dir).parameters()
@@ -205,10 +231,16 @@ def test_folded_paper_router_is_the_same_function(tiny_dir, tiny_tokenizer, tmp_
         assert torch.allclose(folded.gates(), gates, atol=1e-5)
 
 
+def test_a_router_of_several_inputs_normalises_each_on_its_own():
+    torch.manual_seed(0)
+    router = Router(12, RouterConfig(), pieces=2)
+    lower, own = torch.randn(5, 12), torch.randn(5, 12)
+    assert torch.allclose(router(torch.cat([lower, own], -1)), router(torch.cat([7 * lower, own], -1)), atol=1e-6)
+    assert not torch.allclose(router(torch.cat([lower, own], -1)), router(torch.cat([lower, 7 * own + 1], -1)))
+
+
 @pytest.mark.parametrize("shape", ["paper", "linear"])
 def test_router_set_linear_is_exact(shape):
-    from mogu.model.router import Router
-
     router = Router(12, RouterConfig(shape=shape, hidden=8, input_norm=False))
     w_u, w_g = torch.randn(12), torch.randn(12)
     router.set_linear(unwill=(w_u, torch.tensor(0.3)), glad=(w_g, torch.tensor(-0.2)))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mogu.config import ExpertConfig
+from mogu.config import ExpertConfig, RouterConfig
 from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
 from mogu.model.positions import decision_mask
@@ -239,10 +239,11 @@ def test_ratio_loss_is_guarded_at_both_ends():
     assert ce_unwanted.grad[0] == 0 and ce_unwanted.grad[1] < 0 and ce_unwanted.grad[2] == 0
 
 
-def test_router_warm_start_installs_per_layer_probes(llama_dir):
+@pytest.mark.parametrize("reads", ["own", "stack"])
+def test_router_warm_start_installs_per_layer_probes(llama_dir, reads):
     from mogu.train.router_init import warm_start_routers
 
-    model = MoGUModel.from_base(str(llama_dir))
+    model = MoGUModel.from_base(str(llama_dir), router=RouterConfig(reads=reads))
     texts = [(f"How do I build weapon {i}?", "I'm sorry, I can't.") for i in range(6)]
     texts += [(f"Bake bread style {i}", "Sure, mix flour and water.") for i in range(6)]
     pairs = tokenize_pairs(model, texts, 64, 8).pairs
@@ -270,7 +271,8 @@ def test_router_inputs_are_those_of_the_full_sequence(llama_dir):
 
     def full_sequence_inputs(with_labels: bool) -> torch.Tensor:
         seen = []
-        handle = layer.router.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        # the router's input ends with its own layer's (before it: the layers below, under reads "stack")
+        handle = layer.router.register_forward_pre_hook(lambda _m, args: seen.append(args[0][..., -layer.in_features :]))
         try:
             inputs = collate(pairs, model.tokenizer.pad_token_id)
             routed_by = inputs.pop("labels")

@@ -73,7 +73,8 @@ def info(target: Target) -> None:
     shapes = [cfg.router.shape] if is_bundle(target) else ["paper", "linear"]
     for shape in shapes:
         routers = sum(
-            p.numel() for layer in model.layers for p in Router(layer.in_features, RouterConfig(shape=shape)).parameters()
+            p.numel() for layer in model.layers
+            for p in Router(layer.in_features, RouterConfig(shape=shape), pieces=len(layer.reads)).parameters()
         )
         typer.echo(f"{shape:<14} {counts['base']:>13,} {counts['expert_glad']:>10,} {counts['expert_unwill']:>10,} "
                    f"{routers:>12,}")

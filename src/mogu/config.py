@@ -51,6 +51,13 @@ class RouterConfig(StrictModel):
     ``input_norm`` divides the router input by its RMS: the input of the
     attention output projection is not normalised, and its scale differs from
     layer to layer, which makes a shared learning rate a poor fit.
+    ``reads`` says what each router scores: ``own``, the input of its own
+    projection, as MoGU; ``stack``, that input together with the inputs of the
+    routed layers below it at the same position (each RMS-normalised when
+    ``input_norm``), so that a later router decides on what every earlier
+    routed layer saw: on the default model, probes on the stacked inputs told
+    harmful from benign validation prompts apart better than probes on each
+    layer's own input (docs/TRAINING.md, "Routers that read the layers below").
     ``prompt`` says how the prompt is read in the routed modes: ``routed``
     mixes the experts at every position, as the paper does; ``base`` reads the
     prompt up to its last token with the base model alone and routes only the
@@ -65,6 +72,7 @@ class RouterConfig(StrictModel):
     hidden: int = Field(512, ge=1)
     input_norm: bool = True
     init_bias: float = Field(0.0, description="initial logit of both scorers (0 -> weight 0.5)")
+    reads: Literal["own", "stack"] = "stack"
     prompt: Literal["routed", "base"] = "base"
 
 
@@ -97,10 +105,12 @@ class MoGUConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _prompt_of_older_bundles(cls, data: Any) -> Any:
-        """Bundles saved before ``router.prompt`` existed were trained and used with every position routed."""
-        if isinstance(data, dict) and isinstance(data.get("router"), dict) and "prompt" not in data["router"]:
-            data = {**data, "router": {**data["router"], "prompt": "routed"}}
+    def _router_of_older_bundles(cls, data: Any) -> Any:
+        """Bundles saved before ``router.prompt`` existed were trained and used with every position routed;
+        those saved before ``router.reads`` existed have routers that read their own layer's input."""
+        if isinstance(data, dict) and isinstance(data.get("router"), dict):
+            older = {"prompt": "routed", "reads": "own"}
+            data = {**data, "router": {**{k: v for k, v in older.items() if k not in data["router"]}, **data["router"]}}
         return data
 
     @model_validator(mode="after")

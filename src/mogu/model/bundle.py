@@ -87,11 +87,13 @@ class MoGUModel(nn.Module):
     def _inject(self) -> list[MoGULayer]:
         """Replace each target projection of ``self.config`` by a new ``MoGULayer`` around it."""
         layers = []
+        ascending = sorted(self.config.layers)
         for name, index in zip(self.config.target_modules, self.config.layers):
             parent_name, _, child = name.rpartition(".")
             parent = self.base_model.get_submodule(parent_name)
             original = getattr(parent, child)
-            layer = MoGULayer(original, index, self.config.expert, self.config.router, self.state)
+            reads = tuple(i for i in ascending if i <= index) if self.config.router.reads == "stack" else (index,)
+            layer = MoGULayer(original, index, self.config.expert, self.config.router, self.state, reads)
             layer.lora_A.to(original.weight.device)
             layer.lora_B.to(original.weight.device)
             layer.router.to(original.weight.device)

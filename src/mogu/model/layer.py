@@ -11,7 +11,9 @@ For input ``h`` the output in each mode is::
 (in the routed modes ``mogu`` and ``fixed``, positions outside ``RoutingState.routed``,
 when it is set, get ``W h``: how a prompt is read under ``RouterConfig.prompt`` "base")
 
-which is ``w_u * Unwill_resp(h) + w_g * Glad_resp(h)`` as in MoGU. For base
+which is ``w_u * Unwill_resp(h) + w_g * Glad_resp(h)`` as in MoGU. Under
+``RouterConfig.reads`` "stack" the router scores ``h`` together with the inputs
+of the routed layers below, at the same position (``RoutingState.stack``). For base
 projections with a bias, ``W h`` includes the bias (the whole expert output is
 weighted). The LoRA parameter names (``lora_A.<expert>.weight``) follow PEFT's
 so that an expert converts to and from a PEFT adapter file by renaming keys.
@@ -43,6 +45,9 @@ class RoutingState:
     # (batch, seq) bool: the positions the routed modes route; the others get the base projection.
     # None: every position (set for one forward over known sequences, see MoGUModel.mode).
     routed: torch.Tensor | None = None
+    # Under RouterConfig.reads "stack": the inputs of the routed projections run so far in this forward,
+    # lowest layer first (the lowest routed layer starts it anew).
+    stack: list[torch.Tensor] = field(default_factory=list)
 
 
 def projection_features(module: nn.Module) -> tuple[int, int]:
@@ -65,7 +70,10 @@ class MoGULayer(nn.Module):
         expert: ExpertConfig,
         router: RouterConfig,
         state: RoutingState,
+        reads: tuple[int, ...] | None = None,
     ) -> None:
+        """``reads``: the decoder layers whose projection inputs the router scores, ascending, this one last
+        (several under ``router.reads`` "stack"); None: this layer's own."""
         super().__init__()
         self.in_features, self.out_features = projection_features(base_layer)
         self.base_layer = base_layer
@@ -75,7 +83,11 @@ class MoGULayer(nn.Module):
         self.lora_dropout = nn.Dropout(expert.dropout) if expert.dropout > 0 else nn.Identity()
         self.lora_A = nn.ModuleDict({name: nn.Linear(self.in_features, expert.r, bias=False) for name in EXPERTS})
         self.lora_B = nn.ModuleDict({name: nn.Linear(expert.r, self.out_features, bias=False) for name in EXPERTS})
-        self.router = Router(self.in_features, router)
+        self.reads = reads or (layer_index,)
+        if self.reads[-1] != layer_index:
+            raise ValueError(f"layer {layer_index}'s router must read its own input last, not {self.reads}")
+        self.stacks = router.reads == "stack"
+        self.router = Router(self.in_features, router, pieces=len(self.reads))
         self.reset_experts()
 
     def reset_experts(self, names: Iterable[str] = EXPERTS) -> None:
@@ -89,6 +101,18 @@ class MoGULayer(nn.Module):
         a = self.lora_A[name]
         return self.lora_B[name](a(self.lora_dropout(x.to(a.weight.dtype)))) * self.scaling
 
+    def _router_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``, or under "stack" the inputs of the routed layers so far in this forward with ``x`` last."""
+        if not self.stacks:
+            return x
+        if len(self.reads) == 1:
+            self.state.stack = []
+        self.state.stack.append(x)
+        if len(self.state.stack) != len(self.reads):
+            raise RuntimeError(f"layer {self.layer_index}'s router reads layers {self.reads}, but "
+                               f"{len(self.state.stack)} routed inputs were seen in this forward")
+        return torch.cat(self.state.stack, dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         mode = self.state.mode
@@ -97,7 +121,7 @@ class MoGULayer(nn.Module):
         if mode in EXPERTS:
             return out + self.delta(mode, x).to(out.dtype)
         if mode == "mogu":
-            gates = self.router(x)
+            gates = self.router(self._router_input(x))
         else:  # fixed
             gates = x.new_tensor(self.state.fixed, dtype=torch.float32).expand(*x.shape[:-1], 2)
         if self.state.record:

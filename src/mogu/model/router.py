@@ -25,7 +25,8 @@ def _scorer(d: int, cfg: RouterConfig) -> nn.Module:
 
 
 class Router(nn.Module):
-    """Maps the input of the routed projection to ``(w_unwill, w_glad)``.
+    """Maps the input of the routed projection (with ``RouterConfig.reads`` "stack": and the inputs of the
+    routed projections below it) to ``(w_unwill, w_glad)``.
 
     The two weights are sigmoid outputs of independent scorers and are not
     normalised: they need not sum to one (as in MoGU). Parameters are kept in
@@ -33,19 +34,25 @@ class Router(nn.Module):
     survive bf16 training.
     """
 
-    def __init__(self, in_features: int, cfg: RouterConfig) -> None:
+    def __init__(self, in_features: int, cfg: RouterConfig, pieces: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
         self.in_features = in_features
+        self.pieces = pieces
         self.input_norm = cfg.input_norm
-        self.unwill = _scorer(in_features, cfg)
-        self.glad = _scorer(in_features, cfg)
+        self.unwill = _scorer(in_features * pieces, cfg)
+        self.glad = _scorer(in_features * pieces, cfg)
         for scorer in (self.unwill, self.glad):
             nn.init.constant_(_output_layer(scorer).bias, cfg.init_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the gate weights, shape ``(*x.shape[:-1], 2)``: [..., 0] unwill, [..., 1] glad."""
-        h = rms_normalise(x.float()) if self.input_norm else x.float()
+        """Return the gate weights, shape ``(*x.shape[:-1], 2)``: [..., 0] unwill, [..., 1] glad.
+
+        ``x`` is ``pieces`` inputs of ``in_features`` each, concatenated; each is normalised on its own.
+        """
+        h = x.float()
+        if self.input_norm:
+            h = rms_normalise(h.unflatten(-1, (self.pieces, self.in_features))).flatten(-2)
         logits = torch.cat([self.unwill(h), self.glad(h)], dim=-1)
         return torch.sigmoid(logits)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -29,22 +30,33 @@ from mogu.train.data import Record
 from mogu.train.router_init import by_length, collect_router_inputs
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 
-def layer_separability(
-    model: MoGUModel, train: list[tuple[Pair, bool]], val: list[tuple[Pair, bool]], l2: float, steps: int
-) -> dict[int, float]:
-    """Balanced validation accuracy per routed layer of a probe fitted on the training items.
+def probe_separability(
+    model: MoGUModel,
+    train: list[tuple[Pair, bool]],
+    val: list[tuple[Pair, bool]],
+    l2: float,
+    steps: int,
+    reads: dict[K, tuple[int, ...]],
+) -> dict[K, float]:
+    """Balanced validation accuracy of a probe per entry of ``reads``, fitted on the training items.
 
-    The probes read what a router would read (RMS-normalised projection
-    inputs at the last prompt token) with every expert off.
+    Each probe reads what a router reading those layers would (their
+    RMS-normalised projection inputs at the last prompt token, concatenated),
+    with every expert off.
     """
     train_x, train_y = collect_router_inputs(model, train, positions=1, mode="base")
     val_x, val_y = collect_router_inputs(model, val, positions=1, mode="base")
+
+    def read(features: dict[int, torch.Tensor], layers: tuple[int, ...]) -> torch.Tensor:
+        return torch.cat([rms_normalise(features[layer]) for layer in layers], dim=-1)
+
     scores = {}
-    for layer in model.config.layers:
-        w, b = fit_logistic(rms_normalise(train_x[layer]), train_y, l2, steps)
-        scores[layer] = balanced_accuracy((rms_normalise(val_x[layer]) @ w + b > 0).long(), val_y.long())
+    for key, layers in reads.items():
+        w, b = fit_logistic(read(train_x, layers), train_y, l2, steps)
+        scores[key] = balanced_accuracy((read(val_x, layers) @ w + b > 0).long(), val_y.long())
     return scores
 
 
@@ -54,18 +66,22 @@ def best_layers(scores: dict[int, float], keep: int) -> list[int]:
     return sorted(ranked[:keep])
 
 
+def prompt_items(model: MoGUModel, records: list[Record], split: str, max_length: int) -> list[tuple[Pair, bool]]:
+    """The prompts of ``split`` with their benign labels, for probes (sorted by length)."""
+    chosen = [r for r in records if r.split == split]
+    # only the prompt is read: any one-token response will do
+    pairs = tokenize_pairs(model, [(r.instruction, ".") for r in chosen], max_length, 1).pairs
+    return by_length([(pair, r.benign) for pair, r in zip(pairs, chosen)])
+
+
 def select_routed_layers(model: MoGUModel, records: list[Record], config: TrainConfig, path: Path) -> list[int]:
     """Measure the layers, keep ``config.select_layers`` of them and record both in ``path`` (reused on resume)."""
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["selected"]
-    split_items = {}
-    for split in ("train", "val"):
-        chosen = [r for r in records if r.split == split]
-        # only the prompt is read: any one-token response will do
-        pairs = tokenize_pairs(model, [(r.instruction, ".") for r in chosen], config.max_length, 1).pairs
-        split_items[split] = by_length([(pair, r.benign) for pair, r in zip(pairs, chosen)])
+    split_items = {split: prompt_items(model, records, split, config.max_length) for split in ("train", "val")}
     probe = config.router_stage
-    scores = layer_separability(model, split_items["train"], split_items["val"], probe.probe_l2, probe.probe_steps)
+    own = {layer: (layer,) for layer in model.config.layers}
+    scores = probe_separability(model, split_items["train"], split_items["val"], probe.probe_l2, probe.probe_steps, own)
     selected = best_layers(scores, config.select_layers)
     log.info("routed layers (best %d by validation probe accuracy): %s; accuracy per layer %s", len(selected),
              selected, {k: round(v, 3) for k, v in scores.items()})

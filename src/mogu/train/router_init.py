@@ -7,7 +7,9 @@ the default model). Yet each router is only a linear scorer on the input of
 its projection, i.e. a linear probe, and harmful vs benign instructions are
 linearly separable there. So before the router stage the inputs each router
 sees at the first decision position(s) are collected in one forward pass, a logistic
-regression is fitted per layer (glad scorer: benign, unwill scorer: harmful),
+regression is fitted per layer on what its router scores (its own input, or
+under ``router.reads`` "stack" the routed layers' inputs up to its own;
+glad scorer: benign, unwill scorer: harmful),
 and the result is written into the routers (``Router.set_linear``, exact for
 both router shapes). The router stage then fine-tunes from there with the
 method's loss, and validation decides which checkpoint is kept (the warm start
@@ -97,7 +99,8 @@ def warm_start_routers(
     for round_index in range(rounds):
         features, benign = collect_router_inputs(model, items, positions)
         for layer in model.layers:
-            x = rms_normalise(features[layer.layer_index])  # what the router will score
+            # what the router will score: its input(s), each normalised
+            x = torch.cat([rms_normalise(features[index]) for index in layer.reads], dim=-1)
             w, b = fit_logistic(x, benign, l2, steps)
             layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
             accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
