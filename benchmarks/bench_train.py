@@ -1,8 +1,10 @@
 """Training cost on the embedded default model. Prints JSON.
 
 ``throughput``: tokens/s of one MoGU router-stage optimizer step (CE + gate
-loss, both router shapes) against one plain PEFT LoRA step (r 8 on the same
-projections, CE) on the same batch, measured side by side. Both compute the
+loss; the paper's router shape, the linear one reading its own layer, and the
+default, linear reading the routed layers below too), every layer routed,
+against one plain PEFT LoRA step (r 8 on the same projections, CE) on the
+same batch, measured side by side. Both compute the
 CE with ``mogu.train.batches.response_ce`` (logits at response positions only).
 
 ``pipeline``: the whole default ``mogu train`` into a fresh folder: seconds
@@ -52,8 +54,10 @@ def throughput(batch_size: int, repeats: int) -> dict:
     config = TrainConfig()
     results: dict = {"batch_size": batch_size, "threads": torch.get_num_threads()}
     tokens = None
-    for shape in ("paper", "linear"):
-        model = MoGUModel.from_base("default", router=RouterConfig(shape=shape))
+    routers = {"paper": RouterConfig(shape="paper", reads="own"), "linear": RouterConfig(reads="own"),
+               "linear_stack": RouterConfig(reads="stack")}
+    for name, router in routers.items():
+        model = MoGUModel.from_base("default", router=router)
         params = model.set_trainable("router")
         stage = router_stage(model, records, config, lambda *_: None)
         batch = stage.items[:batch_size]
@@ -67,7 +71,7 @@ def throughput(batch_size: int, repeats: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
 
         model.train()
-        results[f"mogu_router_{shape}"] = {"seconds_per_step": _timed_steps(step, repeats)}
+        results[f"mogu_router_{name}"] = {"seconds_per_step": _timed_steps(step, repeats)}
         peft_config = model.peft_config()
         pairs = [p for p, _ in batch]
         del model, optimizer, stage
@@ -85,11 +89,11 @@ def throughput(batch_size: int, repeats: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     results["peft_lora"] = {"seconds_per_step": _timed_steps(lora_step, repeats)}
-    for entry in ("mogu_router_paper", "mogu_router_linear", "peft_lora"):
+    for entry in [f"mogu_router_{name}" for name in routers] + ["peft_lora"]:
         results[entry]["tokens_per_s"] = tokens / results[entry]["seconds_per_step"]
-    for shape in ("paper", "linear"):
-        results[f"ratio_router_{shape}_vs_lora"] = (
-            results[f"mogu_router_{shape}"]["tokens_per_s"] / results["peft_lora"]["tokens_per_s"]
+    for name in routers:
+        results[f"ratio_router_{name}_vs_lora"] = (
+            results[f"mogu_router_{name}"]["tokens_per_s"] / results["peft_lora"]["tokens_per_s"]
         )
     results["tokens_per_batch"] = tokens
     return results

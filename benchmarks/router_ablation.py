@@ -7,7 +7,7 @@ without retraining the experts. Prints the router stage's validation history
 seed test-split evaluation as JSON.
 
     python benchmarks/router_ablation.py runs/bench-bundle /tmp/ablation \\
-        '{"router": {"shape": "paper"}, "router_stage": {"probe_init": false, "gate_loss": "mse", "lr": 1e-3}}'
+        '{"router": {"shape": "paper", "reads": "own"}, "router_stage": {"probe_init": false, "gate_loss": "mse", "lr": 1e-3}}'
 """
 
 from __future__ import annotations

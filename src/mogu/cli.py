@@ -72,9 +72,12 @@ def info(target: Target) -> None:
     typer.echo(f"{'router shape':<14} {'base':>13} {'glad':>10} {'unwill':>10} {'routers':>12}")
     shapes = [cfg.router.shape] if is_bundle(target) else ["paper", "linear"]
     for shape in shapes:
+        # the paper's shape reads its own layer only (RouterConfig)
+        reads = "own" if shape == "paper" else cfg.router.reads
         routers = sum(
             p.numel() for layer in model.layers
-            for p in Router(layer.in_features, RouterConfig(shape=shape), pieces=len(layer.reads)).parameters()
+            for p in Router(layer.in_features, RouterConfig(shape=shape, reads=reads),
+                            pieces=len(layer.reads) if reads == "stack" else 1).parameters()
         )
         typer.echo(f"{shape:<14} {counts['base']:>13,} {counts['expert_glad']:>10,} {counts['expert_unwill']:>10,} "
                    f"{routers:>12,}")

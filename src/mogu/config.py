@@ -58,6 +58,7 @@ class RouterConfig(StrictModel):
     routed layer saw: on the default model, probes on the stacked inputs told
     harmful from benign validation prompts apart better than probes on each
     layer's own input (docs/TRAINING.md, "Routers that read the layers below").
+    The paper shape reads its own layer only.
     ``prompt`` says how the prompt is read in the routed modes: ``routed``
     mixes the experts at every position, as the paper does; ``base`` reads the
     prompt up to its last token with the base model alone and routes only the
@@ -74,6 +75,16 @@ class RouterConfig(StrictModel):
     init_bias: float = Field(0.0, description="initial logit of both scorers (0 -> weight 0.5)")
     reads: Literal["own", "stack"] = "stack"
     prompt: Literal["routed", "base"] = "base"
+
+    @model_validator(mode="after")
+    def _paper_reads_its_own_layer(self) -> RouterConfig:
+        if self.shape == "paper" and self.reads == "stack":
+            raise ValueError(
+                "router.shape 'paper' needs router.reads 'own': its first factor is a (hidden x inputs) matrix, and "
+                "stacked inputs grow with every routed layer (about 550M router parameters with all 30 layers of "
+                "the default model routed)"
+            )
+        return self
 
 
 class BaseModelInfo(StrictModel):
