@@ -4,13 +4,15 @@
 loss; the paper's router shape, the linear one reading its own layer, and the
 default, linear reading the routed layers below too), every layer routed,
 against one plain PEFT LoRA step (r 8 on the same projections, CE) on the
-same batch, measured side by side. Both compute the
+same batch, measured side by side. ``--layers`` routes (and puts the LoRA in)
+those decoder layers only, e.g. the six the default pipeline selects. Both compute the
 CE with ``mogu.train.batches.response_ce`` (logits at response positions only).
 
 ``pipeline``: the whole default ``mogu train`` into a fresh folder: seconds
 per stage and the base vs MoGU refusal rates on the seed test split.
 
     python benchmarks/bench_train.py throughput
+    python benchmarks/bench_train.py throughput --layers 14 15 16 17 21 27
     python benchmarks/bench_train.py pipeline --out /tmp/mogu-bench-bundle
 """
 
@@ -36,7 +38,7 @@ def _timed_steps(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def throughput(batch_size: int, repeats: int) -> dict:
+def throughput(batch_size: int, repeats: int, layers: list[int] | None = None) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -52,12 +54,12 @@ def throughput(batch_size: int, repeats: int) -> dict:
     for r in records:
         r.compliant, r.refusal = affirmative_opening(r), refusal_for(r)
     config = TrainConfig()
-    results: dict = {"batch_size": batch_size, "threads": torch.get_num_threads()}
+    results: dict = {"batch_size": batch_size, "threads": torch.get_num_threads(), "layers": layers or "all"}
     tokens = None
     routers = {"paper": RouterConfig(shape="paper", reads="own"), "linear": RouterConfig(reads="own"),
                "linear_stack": RouterConfig(reads="stack")}
     for name, router in routers.items():
-        model = MoGUModel.from_base("default", router=router)
+        model = MoGUModel.from_base("default", router=router, layers=layers)
         params = model.set_trainable("router")
         stage = router_stage(model, records, config, lambda *_: None)
         batch = stage.items[:batch_size]
@@ -78,6 +80,7 @@ def throughput(batch_size: int, repeats: int) -> dict:
 
     plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("default"))
     peft_config.target_modules = sorted({t.rsplit(".", 1)[-1] for t in peft_config.target_modules})  # e.g. o_proj
+    peft_config.layers_to_transform = layers
     lora = get_peft_model(plain, peft_config)
     lora.train()
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-4)
@@ -88,7 +91,8 @@ def throughput(batch_size: int, repeats: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    results["peft_lora"] = {"seconds_per_step": _timed_steps(lora_step, repeats)}
+    results["peft_lora"] = {"seconds_per_step": _timed_steps(lora_step, repeats),
+                            "lora_parameters": sum(p.numel() for p in lora.parameters() if p.requires_grad)}
     for entry in [f"mogu_router_{name}" for name in routers] + ["peft_lora"]:
         results[entry]["tokens_per_s"] = tokens / results[entry]["seconds_per_step"]
     for name in routers:
@@ -119,8 +123,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("/tmp/mogu-bench-bundle"))
+    parser.add_argument("--layers", type=int, nargs="+", help="throughput: route only these decoder layers")
     args = parser.parse_args()
-    result = throughput(args.batch_size, args.repeats) if args.what == "throughput" else pipeline(args.out)
+    result = throughput(args.batch_size, args.repeats, args.layers) if args.what == "throughput" else pipeline(args.out)
     print(json.dumps(result, indent=2))
 
 
