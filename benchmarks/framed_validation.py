@@ -19,8 +19,9 @@ from pathlib import Path
 
 from mogu.model import MoGUModel
 from mogu.train.augment import framed_copies
-from mogu.train.config import FramingConfig, TrainConfig
+from mogu.train.config import FramingConfig
 from mogu.train.data import load_records
+from mogu.train.pipeline import bundle_train_config
 from mogu.train.stages import router_decoding, routed_validation
 
 
@@ -29,8 +30,7 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    saved = json.loads((args.bundle / "train_config.json").read_text(encoding="utf-8"))
-    config = TrainConfig.model_validate(saved["config"])
+    config = bundle_train_config(args.bundle)
     val = [r for r in load_records(args.bundle / "data.jsonl") if r.split == "val"]
     every = FramingConfig(train_fraction=0.0, val_fraction=1.0)
     framed = framed_copies(val, every)[len(val) :]  # one copy of every validation instruction

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from mogu.model import MoGUModel
 from mogu.train.augment import framed_copies
-from mogu.train.config import TrainConfig
 from mogu.train.data import load_records
+from mogu.train.pipeline import bundle_train_config
 from mogu.train.layer_select import probe_separability, prompt_items
 
 
@@ -35,8 +35,7 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    saved = json.loads((args.bundle / "train_config.json").read_text(encoding="utf-8"))
-    config = TrainConfig.model_validate(saved["config"])
+    config = bundle_train_config(args.bundle)
     routed = json.loads((args.bundle / "layers.json").read_text(encoding="utf-8"))["selected"]
     records = framed_copies(load_records(args.bundle / "data.jsonl"), config.framing)
     # every layer routed, experts fresh: the probes read the base model's inputs of every projection

@@ -18,16 +18,14 @@ import logging
 from pathlib import Path
 from typing import TypeVar
 
-import torch
 
 from mogu.config import write_json_atomic
 from mogu.model import MoGUModel
-from mogu.model.router import rms_normalise
 from mogu.probe import balanced_accuracy, fit_logistic
 from mogu.train.batches import Pair, tokenize_pairs
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record
-from mogu.train.router_init import by_length, collect_router_inputs
+from mogu.train.router_init import by_length, collect_router_inputs, router_features
 
 log = logging.getLogger(__name__)
 K = TypeVar("K")
@@ -50,13 +48,10 @@ def probe_separability(
     train_x, train_y = collect_router_inputs(model, train, positions=1, mode="base")
     val_x, val_y = collect_router_inputs(model, val, positions=1, mode="base")
 
-    def read(features: dict[int, torch.Tensor], layers: tuple[int, ...]) -> torch.Tensor:
-        return torch.cat([rms_normalise(features[layer]) for layer in layers], dim=-1)
-
     scores = {}
     for key, layers in reads.items():
-        w, b = fit_logistic(read(train_x, layers), train_y, l2, steps)
-        scores[key] = balanced_accuracy((read(val_x, layers) @ w + b > 0).long(), val_y.long())
+        w, b = fit_logistic(router_features(train_x, layers), train_y, l2, steps)
+        scores[key] = balanced_accuracy((router_features(val_x, layers) @ w + b > 0).long(), val_y.long())
     return scores
 
 

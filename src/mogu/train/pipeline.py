@@ -51,6 +51,14 @@ def _saved_config(folder: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")).get("config")
 
 
+def bundle_train_config(bundle: Path) -> TrainConfig:
+    """The fully resolved training config saved with a bundle written by ``mogu train``."""
+    saved = _saved_config(bundle)
+    if saved is None:
+        raise FileNotFoundError(f"{bundle / TRAIN_CONFIG}: not found (not a bundle written by mogu train?)")
+    return TrainConfig.model_validate(saved)
+
+
 def prepare_output(config: TrainConfig, out: Path, overwrite: bool) -> tuple[Path, bool]:
     """(work folder, already done). Refuses to replace foreign or differently-configured folders."""
     wanted = config.model_dump(mode="json")

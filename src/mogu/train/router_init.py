@@ -83,6 +83,12 @@ def collect_router_inputs(
     return {k: torch.cat(v) for k, v in captured.items()}, torch.tensor(labels, dtype=torch.float32)
 
 
+def router_features(features: dict[int, torch.Tensor], layers: tuple[int, ...]) -> torch.Tensor:
+    """What a router reading ``layers`` scores, from ``collect_router_inputs``' features: their inputs, each
+    RMS-normalised, concatenated in order."""
+    return torch.cat([rms_normalise(features[layer]) for layer in layers], dim=-1)
+
+
 def warm_start_routers(
     model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, l2: float, steps: int, rounds: int = 1
 ) -> dict:
@@ -99,8 +105,7 @@ def warm_start_routers(
     for round_index in range(rounds):
         features, benign = collect_router_inputs(model, items, positions)
         for layer in model.layers:
-            # what the router will score: its input(s), each normalised
-            x = torch.cat([rms_normalise(features[index]) for index in layer.reads], dim=-1)
+            x = router_features(features, layer.reads)
             w, b = fit_logistic(x, benign, l2, steps)
             layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
             accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
