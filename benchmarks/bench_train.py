@@ -6,7 +6,9 @@ default, linear reading the routed layers below too), every layer routed,
 against one plain PEFT LoRA step (r 8 on the same projections, CE) on the
 same batch, measured side by side. ``--layers`` routes (and puts the LoRA in)
 those decoder layers only, e.g. the six the default pipeline selects. Both compute the
-CE with ``mogu.train.batches.response_ce`` (logits at response positions only).
+CE with ``mogu.train.batches.response_ce`` (logits at response positions only), with
+base weights of the same ``--dtype`` (default ``auto``, as ``mogu train``: bfloat16 on a
+CPU with AMX or a GPU that supports it, else float32; adapters and routers in float32).
 
 ``pipeline``: the whole default ``mogu train`` into a fresh folder: seconds
 per stage and the base vs MoGU refusal rates on the seed test split.
@@ -38,13 +40,13 @@ def _timed_steps(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def throughput(batch_size: int, repeats: int, layers: list[int] | None = None) -> dict:
+def throughput(batch_size: int, repeats: int, layers: list[int] | None = None, dtype: str = "auto") -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from mogu.config import RouterConfig
     from mogu.model import MoGUModel
-    from mogu.model.loading import resolve_model_path
+    from mogu.model.loading import resolve_dtype, resolve_model_path
     from mogu.train.batches import collate, response_ce
     from mogu.train.config import TrainConfig
     from mogu.train.data import affirmative_opening, load_records, refusal_for
@@ -54,12 +56,14 @@ def throughput(batch_size: int, repeats: int, layers: list[int] | None = None) -
     for r in records:
         r.compliant, r.refusal = affirmative_opening(r), refusal_for(r)
     config = TrainConfig()
-    results: dict = {"batch_size": batch_size, "threads": torch.get_num_threads(), "layers": layers or "all"}
+    weights = resolve_dtype(dtype)
+    results: dict = {"batch_size": batch_size, "threads": torch.get_num_threads(), "layers": layers or "all",
+                     "dtype": str(weights).removeprefix("torch.")}
     tokens = None
     routers = {"paper": RouterConfig(shape="paper", reads="own"), "linear": RouterConfig(reads="own"),
                "linear_stack": RouterConfig(reads="stack")}
     for name, router in routers.items():
-        model = MoGUModel.from_base("default", router=router, layers=layers)
+        model = MoGUModel.from_base("default", router=router, layers=layers, dtype=weights)
         params = model.set_trainable("router")
         stage = router_stage(model, records, config, lambda *_: None)
         batch = stage.items[:batch_size]
@@ -78,7 +82,7 @@ def throughput(batch_size: int, repeats: int, layers: list[int] | None = None) -
         pairs = [p for p, _ in batch]
         del model, optimizer, stage
 
-    plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("default"))
+    plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("default"), dtype=weights)
     peft_config.target_modules = sorted({t.rsplit(".", 1)[-1] for t in peft_config.target_modules})  # e.g. o_proj
     peft_config.layers_to_transform = layers
     lora = get_peft_model(plain, peft_config)
@@ -124,8 +128,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("/tmp/mogu-bench-bundle"))
     parser.add_argument("--layers", type=int, nargs="+", help="throughput: route only these decoder layers")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="throughput: base weights")
     args = parser.parse_args()
-    result = throughput(args.batch_size, args.repeats, args.layers) if args.what == "throughput" else pipeline(args.out)
+    result = throughput(args.batch_size, args.repeats, args.layers, args.dtype) if args.what == "throughput" else pipeline(args.out)
     print(json.dumps(result, indent=2))
 
 

@@ -40,7 +40,7 @@ def main() -> None:
     records = framed_copies(load_records(args.bundle / "data.jsonl"), config.framing)
     # every layer routed, experts fresh: the probes read the base model's inputs of every projection
     model = MoGUModel.from_base(config.base, target_module=config.target_module, layers=config.layers,
-                                expert=config.expert, router=config.router)
+                                expert=config.expert, router=config.router, dtype=config.dtype)
     readings = {
         "own": {layer: (layer,) for layer in routed},
         "stack": {layer: tuple(r for r in routed if r <= layer) for layer in routed},

@@ -152,9 +152,12 @@ def test_evaluate_caches_resumes_and_reports(bundle_dir, suites, tmp_path, monke
     evaluate(model, suites, ["none", "mogu"], "keyword", DECODING, out, batch_size=4)
     assert calls == [1]
 
-    # other decoding settings under the same folder are refused
+    # other decoding settings or weights of another dtype under the same folder are refused
     with pytest.raises(EvalError, match="another decoding"):
         evaluate(model, suites, ["none"], "keyword", DECODING.model_copy(update={"max_new_tokens": 5}), out)
+    assert saved["config"]["dtype"] == "float32"
+    with pytest.raises(EvalError, match="another dtype \\('float32', now 'bfloat16'\\)"):
+        evaluate(MoGUModel.load(bundle_dir, dtype="bfloat16"), suites, ["none"], "keyword", DECODING, out)
 
 
 def test_unparseable_verdicts_are_counted_and_rejudge_needs_no_model(bundle_dir, suites, tmp_path):

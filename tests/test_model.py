@@ -274,3 +274,46 @@ def test_gguf_conversion_leaves_the_callers_random_stream_alone(llama_dir, tmp_p
     converted = load_model(tmp_path / "converted")
     reference = load_model(llama_dir)
     assert all(torch.equal(a, b) for a, b in zip(converted.state_dict().values(), reference.state_dict().values()))
+
+
+def test_dtype_auto_picks_bfloat16_only_where_it_is_fast(monkeypatch):
+    from mogu.model import loading
+
+    assert loading.resolve_dtype(None) is torch.float32
+    assert loading.resolve_dtype("bfloat16") is torch.bfloat16
+    assert loading.resolve_dtype(torch.float16) is torch.float16
+    monkeypatch.setattr(loading, "fast_bf16", lambda device=None: True)
+    assert loading.resolve_dtype("auto") is torch.bfloat16
+    monkeypatch.setattr(loading, "fast_bf16", lambda device=None: False)
+    assert loading.resolve_dtype("auto") is torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'half'"):
+        loading.resolve_dtype("half")
+
+
+def test_bfloat16_is_fast_on_a_cpu_with_amx_tiles(monkeypatch):
+    from mogu.model.loading import fast_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not fast_bf16("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fast_bf16("cpu") == torch.backends.mkldnn.is_available()
+
+
+def test_vocabulary_projection_reads_a_contiguous_input(llama_dir):
+    """generate hands it a strided slice (the last prompt position), which torch multiplies slowly on CPU."""
+    model = MoGUModel.from_base(str(llama_dir))
+    contiguous: list[bool] = []
+    model.base_model.get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: contiguous.append(args[0].is_contiguous()))
+    model.generate(["Hello there", "A rather longer prompt than that one"], DecodingConfig(max_new_tokens=3, mode="base"))
+    assert len(contiguous) == 3 and all(contiguous)
+
+
+def test_bfloat16_base_keeps_float32_experts_and_routers(llama_dir):
+    model = MoGUModel.from_base(str(llama_dir), dtype="bfloat16")
+    assert model.base_model.dtype == torch.bfloat16
+    for layer in model.layers:
+        assert all(p.dtype == torch.float32 for m in (layer.lora_A, layer.lora_B, layer.router) for p in m.parameters())
+    randomize(model)
+    [result] = model.generate(["Hello there"], DecodingConfig(max_new_tokens=4, return_gates=True))
+    assert result.gates is not None and result.gates.dtype == torch.float32 and result.gates.shape[1:] == (len(model.layers), 2)

@@ -20,7 +20,7 @@ from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame, framed_copie
 from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, FramingConfig, RouterStageConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
-from mogu.train.pipeline import OutputExistsError, train
+from mogu.train.pipeline import OutputExistsError, bundle_train_config, train
 from mogu.train.stages import class_weights, ratio_loss, router_decoding, router_gate_loss, routed_validation
 from tests.helpers import randomize
 
@@ -44,10 +44,12 @@ def instructions(tmp_path) -> Path:
 
 def tiny_config(base: Path, data: Path, **overrides) -> TrainConfig:
     stage = dict(epochs=1, batch_size=4, eval_every=2, max_examples=None)
-    return TrainConfig(
+    settings = dict(
         base=str(base), data=data, expert=ExpertConfig(dropout=0.0), glad=ExpertStageConfig(**stage),
-        unwill=ExpertStageConfig(**stage, validate_at_start=False), router_stage=RouterStageConfig(**stage), eval_max_new_tokens=4, **overrides
+        unwill=ExpertStageConfig(**stage, validate_at_start=False), router_stage=RouterStageConfig(**stage),
+        eval_max_new_tokens=4, dtype="float32",  # "auto" would depend on the machine's CPU
     )
+    return TrainConfig(**{**settings, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -170,6 +172,33 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     assert behaviour == pytest.approx(calibration["validation"][str(calibration["shift"])])
     # the same command again finds the bundle done
     assert train(config, out) == out
+
+
+def test_pipeline_in_bfloat16_trains_float32_experts_and_routers(llama_dir, instructions, tmp_path):
+    config = tiny_config(llama_dir, instructions, dtype="bfloat16", calibration={"shifts": []})
+    out = train(config, tmp_path / "bundle")
+    assert bundle_train_config(out).dtype == "bfloat16"
+    model = MoGUModel.from_pretrained(out, dtype="bfloat16")
+    assert model.base_model.dtype == torch.bfloat16
+    trained = {k: v for k, v in model.named_parameters() if "lora_" in k or ".router." in k}
+    assert trained and all(v.dtype == torch.float32 for v in trained.values())
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)
+    # the saved routers answer the validation split as the router stage measured, in the dtype they were trained in
+    selection = json.loads((out / "selection.json").read_text())["router"]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    measured = next(e["validation"] for e in log if e.get("stage") == "router" and e.get("step") == selection["selected_step"]
+                    and "validation" in e)
+    val = [r for r in framed_copies(load_records(out / "data.jsonl"), config.framing) if r.split == "val"]
+    assert routed_validation(model, val, router_decoding(config)) == pytest.approx(measured)
+
+
+def test_bundles_trained_before_the_dtype_setting_read_float32(llama_dir, instructions, tmp_path):
+    out = train(tiny_config(llama_dir, instructions, calibration={"shifts": []}), tmp_path / "bundle")
+    saved = json.loads((out / "train_config.json").read_text())
+    del saved["config"]["dtype"]
+    (out / "train_config.json").write_text(json.dumps(saved))
+    assert bundle_train_config(out).dtype == "float32"
+    assert TrainConfig().dtype == "auto"
 
 
 def test_output_folder_with_other_content_is_refused(llama_dir, instructions, tmp_path):

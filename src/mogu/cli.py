@@ -41,10 +41,10 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(target: str, chat_template: Optional[Path] = None):
+def _load(target: str, chat_template: Optional[Path] = None, dtype: str = "auto"):
     from mogu.model import MoGUModel
 
-    model = MoGUModel.load(target)
+    model = MoGUModel.load(target, dtype=dtype)
     if chat_template is not None:
         model.config.chat_template = chat_template.read_text(encoding="utf-8")
     return model
@@ -105,6 +105,8 @@ Routed = Annotated[Optional[int], typer.Option("--routed-tokens", help="tokens d
 Handover = Annotated[Optional[str], typer.Option(help="cached | faithful (default: the bundle's)")]
 Mode = Annotated[str, typer.Option(help="mogu, or an ablation: base | glad | unwill | fixed")]
 Template = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file for models without one")]
+Dtype = Annotated[Literal["auto", "float32", "bfloat16"], typer.Option(
+    help="base model weights; auto: bfloat16 on a GPU that supports it or a CPU with AMX, else float32")]
 
 
 @app.command()
@@ -125,6 +127,7 @@ def generate(
     mode: Mode = "mogu",
     show_gates: Annotated[bool, typer.Option(help="include the router weights of the routed tokens")] = False,
     chat_template: Template = None,
+    dtype: Dtype = "auto",
 ) -> None:
     """Answer prompts given on the command line or in a JSONL file."""
     from mogu.cli_io import answer_file, gate_summary
@@ -135,7 +138,7 @@ def generate(
                          stop=stop or [], routed_tokens=routed_tokens, handover=handover, mode=mode,
                          return_gates=show_gates)
     try:
-        model = _load(target, chat_template)
+        model = _load(target, chat_template, dtype)
         if input is not None:
             written = answer_file(model, input, output, decoding, batch_size)
             log.info("wrote %d answers to %s", written, output or "stdout")
@@ -160,6 +163,7 @@ def data_build(
     base: Annotated[str, typer.Option(help="base model whose own answers become the compliant responses")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged seed data)")] = None,
     max_response_tokens: Annotated[int, typer.Option(min=4)] = 40,
+    dtype: Dtype = "auto",
 ) -> None:
     """Make a compliant and a refusing response for every instruction (see docs/DATA.md)."""
     from mogu.model import MoGUModel
@@ -167,7 +171,7 @@ def data_build(
 
     try:
         records = load_records(data)
-        model = MoGUModel.from_base(base)
+        model = MoGUModel.from_base(base, dtype=dtype)
         built = build_dataset(model, records, output, max_response_tokens, batch_size=16)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
@@ -236,6 +240,7 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="seed of the suite samples (limit=) and of the gate sample")] = 0,
     rejudge: Annotated[bool, typer.Option(help="judge the saved answers again; generate nothing")] = False,
     chat_template: Template = None,
+    dtype: Dtype = "auto",
 ) -> None:
     """Refusal rates of defenses on harmful and benign suites: report.json, report.md, plots (see docs/EVAL.md)."""
     from mogu.eval.report import format_markdown
@@ -248,7 +253,8 @@ def eval_command(
         names = defense or ("none,mogu" if is_bundle(target) else "none")
         report = evaluate(target, suites, names, parse_judge_spec(judge), decoding, out, batch_size=batch_size,
                           defense_options=parse_defense_options(defense_arg or []), rejudge=rejudge, seed=seed,
-                          chat_template=chat_template.read_text(encoding="utf-8") if chat_template else None)
+                          chat_template=chat_template.read_text(encoding="utf-8") if chat_template else None,
+                          dtype=dtype)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     typer.echo(format_markdown(report))
@@ -265,13 +271,14 @@ def chat(
     top_k: TopK = 0,
     seed: Seed = None,
     chat_template: Template = None,
+    dtype: Dtype = "auto",
 ) -> None:
     """Interactive multi-turn chat that streams the answer (empty line or Ctrl-D ends)."""
     from mogu.cli_io import gate_summary
 
     decoding = _decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     try:
-        model = _load(target, chat_template)
+        model = _load(target, chat_template, dtype)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     history = [{"role": "system", "content": system}] if system else []
@@ -315,6 +322,7 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="largest request body: 413")] = 1 << 20,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's)")] = None,
     chat_template: Template = None,
+    dtype: Dtype = "auto",
 ) -> None:
     """Serve an OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models, GET /health."""
     from mogu.serve import ServeConfig, run_server, served_name
@@ -324,7 +332,7 @@ def serve(
                                max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                                max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens,
                                max_body_bytes=max_body_bytes, torch_threads=threads)
-        model = _load(target, chat_template)
+        model = _load(target, chat_template, dtype)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     run_server(model, settings)

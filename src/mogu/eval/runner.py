@@ -40,6 +40,7 @@ from mogu.eval.report import build_report, write_report
 from mogu.eval.suites import Prompt, Suite, parse_suite_spec, seed_suites
 from mogu.jsonl import append_jsonl, done_ids, read_jsonl
 from mogu.model.bundle import is_bundle
+from mogu.model.loading import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,9 @@ def _check_meta(path: Path, meta: dict[str, Any], names: Sequence[str], rejudge:
         return saved
     has_answers = {n for n in names if (path.parent / f"{n}.jsonl").is_file()}
     if saved and has_answers:
-        for key in ("target", "decoding"):
-            if saved.get(key) != meta[key]:
+        # answers saved before the dtype was recorded were made in float32
+        for key, before in (("target", None), ("dtype", "float32"), ("decoding", None)):
+            if saved.get(key, before) != meta[key]:
                 raise EvalError(
                     f"{path.parent} holds answers made with another {key} ({saved.get(key)!r}, now {meta[key]!r}); "
                     "use another --out folder or delete it"
@@ -165,7 +167,7 @@ def _check_meta(path: Path, meta: dict[str, Any], names: Sequence[str], rejudge:
                     f"{path.parent / (name + '.jsonl')} was made with other {name} settings ({old}, now "
                     f"{meta['defenses'][name]}); use another --out folder or delete that file"
                 )
-    merged = {**saved, "target": meta["target"], "decoding": meta["decoding"],
+    merged = {**saved, "target": meta["target"], "dtype": meta["dtype"], "decoding": meta["decoding"],
               "defenses": {**saved.get("defenses", {}), **meta["defenses"]}}
     write_json_atomic(path, merged)
     return merged
@@ -248,6 +250,7 @@ def evaluate(
     gates_sample: int = 32,
     seed: int = 0,
     chat_template: str | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Generate (cached) with every defense on every suite, judge the answers, write the report; return it.
 
@@ -255,7 +258,8 @@ def evaluate(
     something is to be generated), or a loaded ``MoGUModel``. ``defenses``:
     names (``none,mogu`` or a list) or ready ``Defense`` objects. ``judge``:
     a ``Judge`` or a spec (default ``keyword``). ``decoding``: shared by all
-    defenses (default greedy, 64 new tokens).
+    defenses (default greedy, 64 new tokens). ``dtype``: of the base model's weights when ``target`` is
+    loaded here (``mogu.model.loading.resolve_dtype``; None: float32).
     """
     from mogu.model import MoGUModel
 
@@ -282,7 +286,7 @@ def evaluate(
     def model() -> MoGUModel:
         if state["model"] is None:
             log.info("loading %s", target)
-            state["model"] = MoGUModel.load(target)
+            state["model"] = MoGUModel.load(target, dtype=dtype)
             if chat_template is not None:
                 state["model"].config.chat_template = chat_template
         return state["model"]
@@ -316,7 +320,9 @@ def evaluate(
         # Every defense is built (cheap: nothing is trained here), so that changed settings are caught
         # even for a defense whose answers are all cached.
         defenses_meta = {name: get_defense(name).params() for name in names}
-        meta = {"target": _target_label(target), "decoding": _shared(decoding), "defenses": defenses_meta}
+        weights = target.base_model.dtype if isinstance(target, MoGUModel) else resolve_dtype(dtype)
+        meta = {"target": _target_label(target), "dtype": str(weights).removeprefix("torch."),
+                "decoding": _shared(decoding), "defenses": defenses_meta}
         _check_meta(gen_dir / "meta.json", meta, names, rejudge)
         for name in names:
             if not todo[name]:
@@ -392,6 +398,7 @@ def evaluate(
 
     config = {
         "target": _target_label(target),
+        "dtype": saved_meta.get("dtype", "float32"),
         "judge": judge.name,
         "decoding": saved_meta.get("decoding", _shared(decoding)),
         "defenses": names,

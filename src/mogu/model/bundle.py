@@ -71,6 +71,14 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise BundleError(f"corrupt safetensors file {path}: {err}") from err
 
 
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    """Hand the vocabulary projection a contiguous input. ``generate`` gives it the last position of the
+    prompt, a strided slice, and on CPU torch then multiplies by way of a batched product that copies the
+    whole (vocabulary x hidden) matrix once per row: in bfloat16 on the default model, 12 tokens for 32
+    prompts took 7.9 s that way and 1.8 s with this hook (float32: 5.3 s and 5.1 s)."""
+    return (args[0].contiguous(), *args[1:])
+
+
 class MoGUModel(nn.Module):
     """A frozen base model whose target projections are replaced by ``MoGULayer``s."""
 
@@ -81,6 +89,9 @@ class MoGUModel(nn.Module):
         self.config = config
         self.state = RoutingState()
         base_model.requires_grad_(False)
+        head = base_model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_pre_hook(_contiguous_input)
         self.layers: list[MoGULayer] = self._inject()  # a plain list: the modules are registered inside base_model
         self.eval()
 

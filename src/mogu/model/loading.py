@@ -147,6 +147,37 @@ def weights_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 4096) 
     return digest.hexdigest()
 
 
+#: What ``dtype`` may name (besides a ``torch.dtype``): ``auto`` picks by hardware (``resolve_dtype``).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def fast_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether bfloat16 matrix products run fast on ``device``: a CUDA GPU that supports them, or a CPU
+    with AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs them several times faster than
+    float32 (``benchmarks/bench_dtype.py``). CPUs without AMX emulate bf16 and gain little or lose."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, but there since torch 2.3
+        return bool(amx is not None and amx() and torch.backends.mkldnn.is_available())
+    return False
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | None = None) -> torch.dtype:
+    """The weight dtype for ``dtype``: None means float32; ``auto`` bfloat16 where it is fast (``fast_bf16``),
+    else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
+    return getattr(torch, dtype)
+
+
 def load_base(
     source: str = DEFAULT_MODEL,
     *,
@@ -154,13 +185,14 @@ def load_base(
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedBase:
-    """Load a frozen base model and its tokenizer."""
+    """Load a frozen base model and its tokenizer; ``dtype`` as ``resolve_dtype`` reads it (None: float32)."""
     path = resolve_model_path(source)
+    weights_dtype = resolve_dtype(dtype, device)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+            path, dtype=weights_dtype, trust_remote_code=trust_remote_code
         )
     except OSError as err:
         raise ModelLoadError(f"could not load base model {source!r}: {err}") from err

@@ -138,6 +138,11 @@ class TrainConfig(StrictModel):
     """Everything ``mogu train`` needs; saved fully resolved with the bundle."""
 
     base: str = "default"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="weights of the frozen base model; 'auto': bfloat16 where it is fast (a CUDA GPU that "
+        "supports it, or a CPU with AMX tiles), else float32 (mogu.model.loading.fast_bf16). Experts and routers "
+        "are trained in float32 either way"
+    )
     data: Path | None = Field(None, description="instructions JSONL (see docs/DATA.md); None: the packaged seed data")
     target_module: str | None = None
     layers: list[int] | None = Field(None, description="candidate layers to route (decoder-layer indices); None: all")

@@ -56,7 +56,7 @@ def bundle_train_config(bundle: Path) -> TrainConfig:
     saved = _saved_config(bundle)
     if saved is None:
         raise FileNotFoundError(f"{bundle / TRAIN_CONFIG}: not found (not a bundle written by mogu train?)")
-    return TrainConfig.model_validate(saved)
+    return TrainConfig.model_validate({"dtype": "float32", **saved})  # trained before the field existed: float32
 
 
 def prepare_output(config: TrainConfig, out: Path, overwrite: bool) -> tuple[Path, bool]:
@@ -131,7 +131,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     start = time.perf_counter()
     model = MoGUModel.from_base(config.base, target_module=config.target_module, layers=config.layers,
                                 expert=config.expert, router=config.router, routed_tokens=config.routed_tokens,
-                                device=accelerator.device)
+                                dtype=config.dtype, device=accelerator.device)
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
