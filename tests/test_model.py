@@ -118,6 +118,17 @@ def test_a_stacking_router_scores_the_inputs_of_the_routed_layers_below(tiny_dir
         assert not torch.allclose(gates[1], model.layers[1].router(torch.cat([inputs[1], inputs[1]], dim=-1)))
 
 
+def test_each_routed_input_is_prepared_once_per_forward(tiny_dir, tiny_tokenizer, monkeypatch):
+    """Stacking routers reuse the normalised inputs of the layers below instead of normalising them again."""
+    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(reads="stack")))
+    prepared: list[int] = []
+    original = Router.prepare
+    monkeypatch.setattr(Router, "prepare", lambda self, piece: prepared.append(piece.shape[-1]) or original(self, piece))
+    with torch.no_grad(), model.mode("mogu"):
+        model(**batch(tiny_tokenizer))
+    assert prepared == [layer.in_features for layer in model.layers]
+
+
 @pytest.mark.parametrize("shape,reads", [("paper", "own"), ("linear", "own"), ("linear", "stack")])
 def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape, reads):
     model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(shape=shape, hidden=8, reads=reads)))

@@ -300,8 +300,7 @@ def test_router_inputs_are_those_of_the_full_sequence(llama_dir):
 
     def full_sequence_inputs(with_labels: bool) -> torch.Tensor:
         seen = []
-        # the router's input ends with its own layer's (before it: the layers below, under reads "stack")
-        handle = layer.router.register_forward_pre_hook(lambda _m, args: seen.append(args[0][..., -layer.in_features :]))
+        handle = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))  # the projection's input
         try:
             inputs = collate(pairs, model.tokenizer.pad_token_id)
             routed_by = inputs.pop("labels")

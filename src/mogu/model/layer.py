@@ -46,7 +46,7 @@ class RoutingState:
     # None: every position (set for one forward over known sequences, see MoGUModel.mode).
     routed: torch.Tensor | None = None
     # Under RouterConfig.reads "stack": the inputs of the routed projections run so far in this forward,
-    # lowest layer first (the lowest routed layer starts it anew).
+    # prepared for the routers (Router.prepare), lowest layer first (the lowest routed layer starts it anew).
     stack: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -101,17 +101,18 @@ class MoGULayer(nn.Module):
         a = self.lora_A[name]
         return self.lora_B[name](a(self.lora_dropout(x.to(a.weight.dtype)))) * self.scaling
 
-    def _router_input(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``, or under "stack" the inputs of the routed layers so far in this forward with ``x`` last."""
+    def _gates(self, x: torch.Tensor) -> torch.Tensor:
+        """The router's weights for ``x``; under "stack" for the inputs of the routed layers so far in this
+        forward with ``x`` last, each prepared (``Router.prepare``) once, by the layer it belongs to."""
         if not self.stacks:
-            return x
+            return self.router(x)
         if len(self.reads) == 1:
             self.state.stack = []
-        self.state.stack.append(x)
+        self.state.stack.append(self.router.prepare(x))
         if len(self.state.stack) != len(self.reads):
             raise RuntimeError(f"layer {self.layer_index}'s router reads layers {self.reads}, but "
                                f"{len(self.state.stack)} routed inputs were seen in this forward")
-        return torch.cat(self.state.stack, dim=-1)
+        return self.router.score(torch.cat(self.state.stack, dim=-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -121,7 +122,7 @@ class MoGULayer(nn.Module):
         if mode in EXPERTS:
             return out + self.delta(mode, x).to(out.dtype)
         if mode == "mogu":
-            gates = self.router(self._router_input(x))
+            gates = self._gates(x)
         else:  # fixed
             gates = x.new_tensor(self.state.fixed, dtype=torch.float32).expand(*x.shape[:-1], 2)
         if self.state.record:

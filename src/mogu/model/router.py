@@ -50,11 +50,18 @@ class Router(nn.Module):
 
         ``x`` is ``pieces`` inputs of ``in_features`` each, concatenated; each is normalised on its own.
         """
-        h = x.float()
-        if self.input_norm:
-            h = rms_normalise(h.unflatten(-1, (self.pieces, self.in_features))).flatten(-2)
-        logits = torch.cat([self.unwill(h), self.glad(h)], dim=-1)
-        return torch.sigmoid(logits)
+        return self.score(self.prepare(x.unflatten(-1, (self.pieces, self.in_features))).flatten(-2))
+
+    def prepare(self, piece: torch.Tensor) -> torch.Tensor:
+        """One input as the router scores it (float32, RMS-normalised with ``input_norm``). Stacking routers
+        score the prepared inputs of the layers below, concatenated (``score``), so that each input is
+        prepared once per forward rather than once per router reading it."""
+        h = piece.float()
+        return rms_normalise(h) if self.input_norm else h
+
+    def score(self, prepared: torch.Tensor) -> torch.Tensor:
+        """The gate weights of ``pieces`` prepared inputs, concatenated: ``forward`` without the preparing."""
+        return torch.sigmoid(torch.cat([self.unwill(prepared), self.glad(prepared)], dim=-1))
 
     def shift_towards_glad(self, shift: float) -> None:
         """Add ``shift`` to the glad logit and subtract it from the unwilling one, for every input."""
