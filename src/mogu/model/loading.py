@@ -154,7 +154,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 def fast_bf16(device: str | torch.device | None = None) -> bool:
     """Whether bfloat16 matrix products run fast on ``device``: a CUDA GPU that supports them, or a CPU
     with AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs them several times faster than
-    float32 (``benchmarks/bench_dtype.py``). CPUs without AMX emulate bf16 and gain little or lose."""
+    float32 (``benchmarks/bench_dtype.py``). Other CPUs keep float32: bfloat16 was not measured on one."""
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
