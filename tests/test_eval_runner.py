@@ -17,6 +17,7 @@ from mogu.eval.judges import Judge, RefusalJudge, verdict_for
 from mogu.eval.report import REQUIRED_DEFENSE_KEYS, REQUIRED_SUITE_KEYS, pareto_frontier
 from mogu.eval.runner import EvalError, build_suites, parse_defense_options, parse_judge_spec
 from mogu.model import MoGUModel
+from mogu.model.loading import resolve_dtype
 from tests.helpers import instructions_file, randomize
 
 DECODING = DecodingConfig(max_new_tokens=4)
@@ -207,6 +208,7 @@ def test_cli_eval_end_to_end(bundle_dir, suite_files, tmp_path):
     assert list(report["defenses"]) == ["none", "self-reminder", "mogu-fixed", "mogu"]
     assert set(report["defenses"]["mogu"]["suites"]) == {"weapons", "ben", "weapons+refusal-suppression"}
     assert report["config"]["decoding"]["max_new_tokens"] == 4
+    assert report["config"]["dtype"] == str(resolve_dtype("auto")).removeprefix("torch.")  # --dtype's default
     for name in ("report.md", "samples.jsonl", "pareto.png", "gates.png"):
         assert (out / name).is_file()
     result = runner.invoke(app, args + ["--rejudge"])
