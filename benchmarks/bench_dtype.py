@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from bench_train import _timed_steps
+from bench_train import router_step, timed_steps
 
 LAYERS = [14, 15, 16, 17, 21, 27]
 
@@ -26,9 +26,7 @@ LAYERS = [14, 15, 16, 17, 21, 27]
 def measure(dtype: torch.dtype, prompts: list[str], batch_size: int, repeats: int) -> tuple[dict, list[str]]:
     from mogu.config import DecodingConfig
     from mogu.model import MoGUModel
-    from mogu.train.config import TrainConfig
-    from mogu.train.data import affirmative_opening, load_records, refusal_for
-    from mogu.train.stages import generate_all, router_stage
+    from mogu.train.stages import generate_all
 
     model = MoGUModel.from_base("default", dtype=dtype, layers=LAYERS)
     decoding = DecodingConfig(max_new_tokens=12, mode="base")
@@ -36,23 +34,8 @@ def measure(dtype: torch.dtype, prompts: list[str], batch_size: int, repeats: in
     start = time.perf_counter()
     answers = generate_all(model, prompts, decoding, batch_size)
     generation = time.perf_counter() - start
-
-    records = [r for r in load_records() if r.split == "train"][:32]
-    for r in records:
-        r.compliant, r.refusal = affirmative_opening(r), refusal_for(r)
-    params = model.set_trainable("router")
-    stage = router_stage(model, records, TrainConfig(), lambda *_: None)
-    batch = stage.items[:16]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-
-    def step() -> None:
-        loss, _, _ = stage.loss(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    model.train()
-    result = {"generate_seconds": generation, "router_step_seconds": _timed_steps(step, repeats)}
+    step, _ = router_step(model, 16)
+    result = {"generate_seconds": generation, "router_step_seconds": timed_steps(step, repeats)}
     return result, [a.text for a in answers]
 
 

@@ -25,12 +25,20 @@ import json
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
 import torch
 
+from mogu.config import DtypeName
 
-def _timed_steps(step, repeats: int) -> float:
+if TYPE_CHECKING:
+    from mogu.model import MoGUModel
+    from mogu.train.batches import Pair
+
+
+def timed_steps(step: Callable[[], None], repeats: int) -> float:
     step()  # warm-up
     times = []
     for _ in range(repeats):
@@ -40,14 +48,9 @@ def _timed_steps(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def throughput(batch_size: int, repeats: int, layers: list[int] | None = None, dtype: str = "auto") -> dict:
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from mogu.config import RouterConfig
-    from mogu.model import MoGUModel
-    from mogu.model.loading import resolve_dtype, resolve_model_path
-    from mogu.train.batches import collate, response_ce
+def router_step(model: MoGUModel, batch_size: int) -> tuple[Callable[[], None], list[Pair]]:
+    """One router-stage optimizer step (CE + gate loss, AdamW) of ``model`` on the first ``batch_size`` seed
+    training instructions, and that batch's (prompt, response) pairs. Puts the model in training mode."""
     from mogu.train.config import TrainConfig
     from mogu.train.data import affirmative_opening, load_records, refusal_for
     from mogu.train.stages import router_stage
@@ -55,32 +58,43 @@ def throughput(batch_size: int, repeats: int, layers: list[int] | None = None, d
     records = [r for r in load_records() if r.split == "train"][: batch_size * 2]
     for r in records:
         r.compliant, r.refusal = affirmative_opening(r), refusal_for(r)
-    config = TrainConfig()
+    params = model.set_trainable("router")
+    stage = router_stage(model, records, TrainConfig(), lambda *_: None)
+    batch = stage.items[:batch_size]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        loss, _, _ = stage.loss(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    model.train()
+    return step, [p for p, _ in batch]
+
+
+def throughput(batch_size: int, repeats: int, layers: list[int] | None = None, dtype: DtypeName = "auto") -> dict:
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mogu.config import RouterConfig
+    from mogu.model import MoGUModel
+    from mogu.model.loading import resolve_dtype, resolve_model_path
+    from mogu.train.batches import collate, response_ce
+
     weights = resolve_dtype(dtype)
     results: dict = {"batch_size": batch_size, "threads": torch.get_num_threads(), "layers": layers or "all",
                      "dtype": str(weights).removeprefix("torch.")}
-    tokens = None
     routers = {"paper": RouterConfig(shape="paper", reads="own"), "linear": RouterConfig(reads="own"),
                "linear_stack": RouterConfig(reads="stack")}
     for name, router in routers.items():
         model = MoGUModel.from_base("default", router=router, layers=layers, dtype=weights)
-        params = model.set_trainable("router")
-        stage = router_stage(model, records, config, lambda *_: None)
-        batch = stage.items[:batch_size]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        tokens = int(collate([p for p, _ in batch], model.tokenizer.pad_token_id)["attention_mask"].sum())
-
-        def step():
-            loss, _, _ = stage.loss(batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        model.train()
-        results[f"mogu_router_{name}"] = {"seconds_per_step": _timed_steps(step, repeats)}
+        step, pairs = router_step(model, batch_size)
+        results[f"mogu_router_{name}"] = {"seconds_per_step": timed_steps(step, repeats)}
         peft_config = model.peft_config()
-        pairs = [p for p, _ in batch]
-        del model, optimizer, stage
+        del model, step
+    inputs = collate(pairs, 0)  # the batch every step above ran on
+    tokens = int(inputs["attention_mask"].sum())
 
     plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("default"), dtype=weights)
     peft_config.target_modules = sorted({t.rsplit(".", 1)[-1] for t in peft_config.target_modules})  # e.g. o_proj
@@ -88,14 +102,13 @@ def throughput(batch_size: int, repeats: int, layers: list[int] | None = None, d
     lora = get_peft_model(plain, peft_config)
     lora.train()
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-4)
-    inputs = collate(pairs, 0)
 
     def lora_step():
         response_ce(lora, inputs).mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    results["peft_lora"] = {"seconds_per_step": _timed_steps(lora_step, repeats),
+    results["peft_lora"] = {"seconds_per_step": timed_steps(lora_step, repeats),
                             "lora_parameters": sum(p.numel() for p in lora.parameters() if p.requires_grad)}
     for entry in [f"mogu_router_{name}" for name in routers] + ["peft_lora"]:
         results[entry]["tokens_per_s"] = tokens / results[entry]["seconds_per_step"]
@@ -128,7 +141,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("/tmp/mogu-bench-bundle"))
     parser.add_argument("--layers", type=int, nargs="+", help="throughput: route only these decoder layers")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="throughput: base weights")
+    parser.add_argument("--dtype", choices=get_args(DtypeName), default="auto", help="throughput: base weights")
     args = parser.parse_args()
     result = throughput(args.batch_size, args.repeats, args.layers, args.dtype) if args.what == "throughput" else pipeline(args.out)
     print(json.dumps(result, indent=2))

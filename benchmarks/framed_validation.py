@@ -34,7 +34,7 @@ def main() -> None:
     val = [r for r in load_records(args.bundle / "data.jsonl") if r.split == "val"]
     every = FramingConfig(train_fraction=0.0, val_fraction=1.0)
     framed = framed_copies(val, every)[len(val) :]  # one copy of every validation instruction
-    model = MoGUModel.from_pretrained(args.bundle, dtype=config.dtype)  # as it was trained
+    model = MoGUModel.from_pretrained(args.bundle, dtype=config.dtype)  # its training setting
     decoding = router_decoding(config)
     result = {name: routed_validation(model, records, decoding) for name, records in (("plain", val), ("framed", framed))}
     result["n"] = {"plain": len(val), "framed": len(framed)}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mogu.config import write_json_atomic
 from mogu.train.config import TrainConfig
-from mogu.train.pipeline import LAYERS_FILE, prepare_output, train
+from mogu.train.pipeline import LAYERS_FILE, bundle_train_config, prepare_output, train
 
 
 def seeded_work_folder(bundle: Path, out: Path, config: TrainConfig) -> None:
@@ -50,11 +50,7 @@ def main() -> None:
     parser.add_argument("overrides", help="JSON merged into the bundle's own training config, e.g. '{\"router_stage\": {...}}'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    saved = json.loads((args.bundle / "train_config.json").read_text(encoding="utf-8"))["config"]
-    saved.setdefault("select_layers", None)  # bundles from before layer selection route every layer
-    for key, value in json.loads(args.overrides).items():
-        saved[key] = {**saved[key], **value} if isinstance(value, dict) and isinstance(saved.get(key), dict) else value
-    config = TrainConfig.model_validate(saved)
+    config = bundle_train_config(args.bundle, json.loads(args.overrides))
     seeded_work_folder(args.bundle, args.out, config)
     start = time.perf_counter()
     train(config, args.out)

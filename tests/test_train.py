@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mogu.config import ExpertConfig, RouterConfig
+from mogu.config import ExpertConfig, RouterConfig, resolved_dict, write_json_atomic
 from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
 from mogu.model.positions import decision_mask
@@ -192,13 +192,17 @@ def test_pipeline_in_bfloat16_trains_float32_experts_and_routers(llama_dir, inst
     assert routed_validation(model, val, router_decoding(config)) == pytest.approx(measured)
 
 
-def test_bundles_trained_before_the_dtype_setting_read_float32(llama_dir, instructions, tmp_path):
-    out = train(tiny_config(llama_dir, instructions, calibration={"shifts": []}), tmp_path / "bundle")
-    saved = json.loads((out / "train_config.json").read_text())
-    del saved["config"]["dtype"]
-    (out / "train_config.json").write_text(json.dumps(saved))
-    assert bundle_train_config(out).dtype == "float32"
-    assert TrainConfig().dtype == "auto"
+def test_bundles_trained_before_a_setting_existed_read_what_they_were_trained_with(llama_dir, instructions, tmp_path):
+    saved = resolved_dict(tiny_config(llama_dir, instructions))
+    for field in ("dtype", "select_layers"):  # as written before dtype (stop 19) and layer selection (stop 13)
+        del saved["config"][field]
+    write_json_atomic(tmp_path / "train_config.json", saved)
+    config = bundle_train_config(tmp_path)
+    assert (config.dtype, config.select_layers) == ("float32", None)
+    assert (TrainConfig().dtype, TrainConfig().select_layers) == ("auto", 6)  # not today's defaults
+    changed = bundle_train_config(tmp_path, {"router_stage": {"alpha": 3.0}, "seed": 4})
+    assert (changed.router_stage.alpha, changed.seed) == (3.0, 4)
+    assert changed.router_stage.lr == config.router_stage.lr  # a section is updated, not replaced
 
 
 def test_output_folder_with_other_content_is_refused(llama_dir, instructions, tmp_path):

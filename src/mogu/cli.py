@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from mogu import __version__
+from mogu.config import DtypeName
 
 app = typer.Typer(help="MoGU: make an open chat LLM refuse malicious requests without refusing benign ones.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -41,7 +42,7 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(target: str, chat_template: Optional[Path] = None, dtype: str = "auto"):
+def _load(target: str, chat_template: Optional[Path] = None, dtype: DtypeName = "auto"):
     from mogu.model import MoGUModel
 
     model = MoGUModel.load(target, dtype=dtype)
@@ -105,7 +106,7 @@ Routed = Annotated[Optional[int], typer.Option("--routed-tokens", help="tokens d
 Handover = Annotated[Optional[str], typer.Option(help="cached | faithful (default: the bundle's)")]
 Mode = Annotated[str, typer.Option(help="mogu, or an ablation: base | glad | unwill | fixed")]
 Template = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file for models without one")]
-Dtype = Annotated[Literal["auto", "float32", "bfloat16"], typer.Option(
+Dtype = Annotated[DtypeName, typer.Option(
     help="base model weights; auto: bfloat16 on a GPU that supports it or a CPU with AMX, else float32")]
 
 

@@ -18,6 +18,9 @@ from mogu import __version__
 
 Mode = Literal["base", "glad", "unwill", "mogu", "fixed"]
 EXPERTS: tuple[str, str] = ("glad", "unwill")
+#: The base model's weight dtype as configs and commands name it: ``auto`` picks by hardware
+#: (``mogu.model.loading.resolve_dtype``).
+DtypeName = Literal["auto", "float32", "bfloat16"]
 
 
 class StrictModel(BaseModel):

@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mogu.config import DecodingConfig, write_json_atomic
+from mogu.config import DecodingConfig, DtypeName, write_json_atomic
 from mogu.eval.attacks import apply_attacks, load_attack_prompts, parse_attack_spec
 from mogu.eval.defenses import Defense, DefenseError, is_trained, make_defense, parse_defenses
 from mogu.eval.judges import EndpointJudge, Judge, ModelJudge, RefusalJudge, Verdict, verdict_for
@@ -250,7 +250,7 @@ def evaluate(
     gates_sample: int = 32,
     seed: int = 0,
     chat_template: str | None = None,
-    dtype: str | None = None,
+    dtype: DtypeName | None = None,
 ) -> dict[str, Any]:
     """Generate (cached) with every defense on every suite, judge the answers, write the report; return it.
 

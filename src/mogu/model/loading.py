@@ -17,11 +17,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mogu.config import BaseModelInfo
+from mogu.config import BaseModelInfo, DtypeName
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,6 @@ def weights_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 4096) 
     return digest.hexdigest()
 
 
-#: What ``dtype`` may name (besides a ``torch.dtype``): ``auto`` picks by hardware (``resolve_dtype``).
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 def fast_bf16(device: str | torch.device | None = None) -> bool:
     """Whether bfloat16 matrix products run fast on ``device``: a CUDA GPU that supports them, or a CPU
     with AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs them several times faster than
@@ -164,15 +161,15 @@ def fast_bf16(device: str | torch.device | None = None) -> bool:
     return False
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | None = None) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | DtypeName | None, device: str | torch.device | None = None) -> torch.dtype:
     """The weight dtype for ``dtype``: None means float32; ``auto`` bfloat16 where it is fast (``fast_bf16``),
     else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None:
         return torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype not in get_args(DtypeName):
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(get_args(DtypeName))}")
     if dtype == "auto":
         return torch.bfloat16 if fast_bf16(device) else torch.float32
     return getattr(torch, dtype)
@@ -181,7 +178,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | 
 def load_base(
     source: str = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | DtypeName | None = None,
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedBase:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from mogu.config import ExpertConfig, RouterConfig, StrictModel
+from mogu.config import DtypeName, ExpertConfig, RouterConfig, StrictModel
 
 
 class SynthesisConfig(StrictModel):
@@ -138,7 +138,7 @@ class TrainConfig(StrictModel):
     """Everything ``mogu train`` needs; saved fully resolved with the bundle."""
 
     base: str = "default"
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    dtype: DtypeName = Field(
         "auto", description="weights of the frozen base model; 'auto': bfloat16 where it is fast (a CUDA GPU that "
         "supports it, or a CPU with AMX tiles), else float32 (mogu.model.loading.fast_bf16). Experts and routers "
         "are trained in float32 either way"

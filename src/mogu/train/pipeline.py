@@ -51,12 +51,22 @@ def _saved_config(folder: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")).get("config")
 
 
-def bundle_train_config(bundle: Path) -> TrainConfig:
-    """The fully resolved training config saved with a bundle written by ``mogu train``."""
+# What a bundle was trained with when its config predates a setting: every layer routed (before layer
+# selection), float32 weights (before ``dtype``); not today's defaults.
+OLDER_BUNDLES: dict[str, Any] = {"select_layers": None, "dtype": "float32"}
+
+
+def bundle_train_config(bundle: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The fully resolved training config saved with a bundle written by ``mogu train``, with ``overrides``
+    merged in (a dict value updates that section's keys, anything else replaces the value)."""
     saved = _saved_config(bundle)
     if saved is None:
         raise FileNotFoundError(f"{bundle / TRAIN_CONFIG}: not found (not a bundle written by mogu train?)")
-    return TrainConfig.model_validate({"dtype": "float32", **saved})  # trained before the field existed: float32
+    merged = {**OLDER_BUNDLES, **saved}
+    for key, value in (overrides or {}).items():
+        section = merged.get(key)
+        merged[key] = {**section, **value} if isinstance(value, dict) and isinstance(section, dict) else value
+    return TrainConfig.model_validate(merged)
 
 
 def prepare_output(config: TrainConfig, out: Path, overwrite: bool) -> tuple[Path, bool]:
