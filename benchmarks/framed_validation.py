@@ -7,7 +7,7 @@ as written, and wrapped in one of the validation framings of
 Validation split only: this is a split settings are chosen on, so reading it
 is allowed; the seed test split is not framed. Prints JSON.
 
-    python benchmarks/framed_validation.py runs/final20
+    python benchmarks/framed_validation.py runs/final20 [--data OTHER_BUNDLE/data.jsonl]
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from mogu.train.stages import router_decoding, routed_validation
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path)
+    parser.add_argument("--data", type=Path, help="take the validation instructions from this data.jsonl instead of "
+                        "the bundle's own (to compare bundles trained on different data on one split)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = bundle_train_config(args.bundle)
-    val = [r for r in load_records(args.bundle / "data.jsonl") if r.split == "val"]
+    val = [r for r in load_records(args.data or args.bundle / "data.jsonl") if r.split == "val"]
     every = FramingConfig(train_fraction=0.0, val_fraction=1.0)
     framed = framed_copies(val, every)[len(val) :]  # one copy of every validation instruction
     model = MoGUModel.from_pretrained(args.bundle, dtype=config.dtype)  # its training setting

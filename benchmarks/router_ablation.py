@@ -61,7 +61,9 @@ def main() -> None:
 def summary(bundle: Path) -> dict:
     """The router stage's validations (from the bundle's train log), its selected step and the test evaluation."""
     events = [json.loads(line) for line in (bundle / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
-    validations = [{"step": e["step"], **e["validation"]} for e in events if e.get("stage") == "router" and "validation" in e]
+    # "router", or "router.K" for member K when router_stage.members > 1 (their average is "router")
+    validations = [{"stage": e["stage"], "step": e["step"], **e["validation"]} for e in events
+                   if e.get("stage", "").split(".")[0] == "router" and "validation" in e]
     selection = json.loads((bundle / "selection.json").read_text(encoding="utf-8"))["router"]
     evaluation = json.loads((bundle / "evaluation.json").read_text(encoding="utf-8"))
     return {"router_validations": validations, "selected_step": selection["selected_step"],

@@ -13,7 +13,7 @@ from mogu.cli import app
 from mogu.config import DecodingConfig
 from mogu.eval import evaluate
 from mogu.eval.defenses import Defense
-from mogu.eval.judges import Judge, RefusalJudge, verdict_for
+from mogu.eval.judges import Judge, verdict_for
 from mogu.eval.report import REQUIRED_DEFENSE_KEYS, REQUIRED_SUITE_KEYS, pareto_frontier
 from mogu.eval.runner import EvalError, build_suites, parse_defense_options, parse_judge_spec
 from mogu.model import MoGUModel

@@ -321,6 +321,27 @@ def test_no_overlap_with_public_benchmarks(seed, bench_index):
     )
 
 
+MORE_ROWS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "more_seed_rows.jsonl"
+
+
+def test_more_seed_rows_fit_the_seed_data(tmp_path):
+    """The extra rows of an experiment (docs/TRAINING.md, "Twice the seed data") load after the seed rows
+    as one data file: same schema, ids and instructions not repeated."""
+    from mogu.train.data import load_records
+
+    combined = tmp_path / "more.jsonl"
+    combined.write_text((files("mogu.data") / "seed.jsonl").read_text(encoding="utf-8")
+                        + MORE_ROWS.read_text(encoding="utf-8"), encoding="utf-8")
+    records = load_records(combined)
+    assert len(records) == len(load_seed()) + len(MORE_ROWS.read_text(encoding="utf-8").splitlines())
+
+
+def test_more_seed_rows_do_not_overlap_public_benchmarks(bench_index):
+    rows = [json.loads(line) for line in MORE_ROWS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    problems = find_overlaps([(r["id"], r["instruction"]) for r in rows], bench_index)
+    assert rows and not problems, "\n".join(problems)
+
+
 def test_framings_do_not_overlap_public_benchmarks(bench_index):
     """The framings of training/augment.py were written for the project, not taken from a jailbreak collection."""
     from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame

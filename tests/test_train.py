@@ -258,6 +258,69 @@ def test_interrupted_training_resumes_to_the_same_result(llama_dir, instructions
     assert router_step_losses(out) == pytest.approx(router_step_losses(reference), abs=1e-6)
 
 
+def members_config(llama_dir: Path, instructions: Path) -> TrainConfig:
+    config = tiny_config(llama_dir, instructions).model_copy(update={"expert": ExpertConfig(dropout=0.3)})
+    return config.model_copy(update={"router_stage": config.router_stage.model_copy(update={"members": 2, "max_examples": 6})})
+
+
+def test_router_members_start_from_one_warm_start_and_are_averaged(llama_dir, instructions, tmp_path, monkeypatch):
+    from mogu.train import stages
+
+    fits = {"n": 0}
+    real = stages.warm_start_routers
+
+    def counted(*args, **kwargs):
+        fits["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "warm_start_routers", counted)
+    work = train(members_config(llama_dir, instructions), tmp_path / "out", stage="router")
+    assert fits["n"] == 1  # fitted for the first member, reused by the second
+    members = [load_file(str(work / "router" / f"member-{k}" / "router.safetensors")) for k in range(2)]
+    averaged = load_file(str(work / "router" / "router.safetensors"))  # the stage's routers, before calibration
+    assert any(not torch.equal(members[0][k], members[1][k]) for k in averaged)  # own subsets and order
+    assert all(torch.allclose(averaged[k], (members[0][k] + members[1][k]) / 2, atol=1e-7) for k in averaged)
+    selection = json.loads((work / "router" / "selection.json").read_text())
+    assert selection["selected_step"] == "average" and [m["member"] for m in selection["members"]] == [0, 1]
+    events = [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
+    subsets = [e for e in events if e.get("stage", "").startswith("router.") and "subset" in e]
+    assert [e["stage"] for e in subsets] == ["router.0", "router.1"]
+    assert any(e.get("stage") == "router" and e.get("step") == "average" and "validation" in e for e in events)
+
+
+def test_router_members_need_the_linear_shape(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"router": {"shape": "paper", "reads": "own"}, "router_stage": {"members": 3}}))
+    with pytest.raises(ValueError, match=r"train.json: .*members > 1 needs router.shape 'linear'"):
+        load_train_config(path)
+
+
+@pytest.mark.parametrize("crash", ["after", "before"])
+def test_interrupted_router_members_resume_to_the_same_result(llama_dir, instructions, tmp_path, monkeypatch, crash):
+    config = members_config(llama_dir, instructions)
+    reference = train(config, tmp_path / "reference")
+    real = loop._write_checkpoint
+
+    def crash_in_the_second_member(directory, *args):
+        if directory.parent.name == "member-1":
+            if crash == "before":
+                raise KeyboardInterrupt
+            real(directory, *args)
+            raise KeyboardInterrupt
+        real(directory, *args)
+
+    monkeypatch.setattr(loop, "_write_checkpoint", crash_in_the_second_member)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed")
+    member_dirs = tmp_path / "resumed.work" / "router"
+    assert (member_dirs / "member-0" / "selection.json").is_file()
+    assert (member_dirs / "member-1" / "checkpoint").is_dir() == (crash == "after")
+    monkeypatch.setattr(loop, "_write_checkpoint", real)
+    out = train(config, tmp_path / "resumed")
+    a, b = load_file(str(reference / "router.safetensors")), load_file(str(out / "router.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def router_step_losses(bundle: Path) -> dict[int, float]:
     """The router stage's loss per step in a bundle's training log (a resumed step's last entry)."""
     events = [json.loads(line) for line in (bundle / "train_log.jsonl").read_text().splitlines()]

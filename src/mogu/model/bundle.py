@@ -385,11 +385,21 @@ class MoGUModel(nn.Module):
 
     # --------------------------------------------------------------- routers
     def router_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every router's weights, float32 on the CPU: a snapshot (copies), which later training leaves as it is."""
         return {
-            f"layers.{layer.layer_index}.{key}": value.detach().to("cpu", torch.float32).contiguous()
+            f"layers.{layer.layer_index}.{key}": value.detach().to("cpu", torch.float32, copy=True).contiguous()
             for layer in self.layers
             for key, value in layer.router.state_dict().items()
         }
+
+    def set_router_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Set every router from a dict shaped like ``router_state_dict()`` (the same keys, no others)."""
+        if set(state) != set(self.router_state_dict()):
+            raise BundleError(f"router weights do not fit this model (router shape {self.config.router.shape!r}, "
+                              f"layers {self.config.layers})")
+        for layer in self.layers:
+            prefix = f"layers.{layer.layer_index}."
+            layer.router.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
     def load_router(self, path: Path, fold: bool = False) -> None:
         """Load ``router.safetensors``; ``fold``: it holds paper-shape routers, fold them into this model's linear ones.

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from mogu.config import DtypeName, ExpertConfig, RouterConfig, StrictModel
 
@@ -76,6 +76,11 @@ class RouterStageConfig(StageConfig):
         "balanced on the seed validation split, 0.91 after 12 steps)"
     )
     alpha: float = Field(2.0, ge=0)
+    members: int = Field(
+        1, ge=1, description="run the stage this many times from one warm start, each on its own seeded subset and "
+        "batch order (seed, seed + 1, ...), and average the members' routers (train/router_members.py); needs "
+        "router.shape 'linear', whose average of weights is the average of logits"
+    )
     probe_init: bool = Field(
         True, description="warm-start each router from a linear probe on its own inputs (train/router_init.py); "
         "the few hundred gradient steps a CPU allows do not separate the classes from a blank start"
@@ -170,6 +175,13 @@ class TrainConfig(StrictModel):
     calibration: CalibrationConfig = CalibrationConfig()
     eval_max_new_tokens: int = Field(16, ge=1, description="tokens per answer when the finished bundle is evaluated")
 
+    @model_validator(mode="after")
+    def _members_average_linear_routers(self) -> TrainConfig:
+        if self.router_stage.members > 1 and self.router.shape != "linear":
+            raise ValueError("router_stage.members > 1 needs router.shape 'linear': the paper shape's three factors "
+                             "multiply, so averaging each factor does not average the routers")
+        return self
+
 
 def load_train_config(path: Path | None, **overrides) -> TrainConfig:
     """Read a JSON or TOML config file (or none) and apply command-line overrides."""
@@ -186,4 +198,5 @@ def load_train_config(path: Path | None, **overrides) -> TrainConfig:
     except ValidationError as err:
         first = err.errors()[0]
         where = f"{path}: " if path else ""
-        raise ValueError(f"{where}field {'.'.join(str(p) for p in first['loc'])!r}: {first['msg']}") from err
+        field = f"field {'.'.join(str(p) for p in first['loc'])!r}: " if first["loc"] else ""
+        raise ValueError(f"{where}{field}{first['msg']}") from err

@@ -30,7 +30,8 @@ from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.layer_select import select_routed_layers
 from mogu.train.loop import TrainLog, restore_random_stream, run_stage
-from mogu.train.stages import expert_stage, refusal_count, router_stage
+from mogu.train.router_members import run_router_members
+from mogu.train.stages import expert_stage, refusal_count
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +184,11 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
             continue
         start = time.perf_counter()
         model.set_trainable(name)
-        training = (router_stage(model, records, config, log_truncated) if name == "router"
-                    else expert_stage(name, model, records, config, log_truncated))
-        result = run_stage(training, model, accelerator, stage_dir, train_log, config.seed)
+        if name == "router":
+            result = run_router_members(model, records, config, accelerator, stage_dir, train_log, log_truncated)
+        else:
+            result = run_stage(expert_stage(name, model, records, config, log_truncated), model, accelerator,
+                               stage_dir, train_log, config.seed)
         model.set_trainable(None)
         result["seconds"] = round(time.perf_counter() - start, 1)
         if accelerator.is_main_process:
