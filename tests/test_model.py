@@ -118,6 +118,34 @@ def test_a_stacking_router_scores_the_inputs_of_the_routed_layers_below(tiny_dir
         assert not torch.allclose(gates[1], model.layers[1].router(torch.cat([inputs[1], inputs[1]], dim=-1)))
 
 
+def test_stacking_routers_train_as_routers_of_their_concatenated_reading(tiny_dir, tiny_tokenizer, monkeypatch):
+    """The model projects each input once for every router reading it; gates and gradients must be those of
+    routers that score the concatenated inputs (Router.score), as the docs describe them."""
+    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(reads="stack")))
+
+    def gates_and_gradients() -> tuple[dict[int, torch.Tensor], dict[str, torch.Tensor]]:
+        model.zero_grad()
+        with model.mode("mogu", record=True):
+            model(**batch(tiny_tokenizer))
+        gates = {k: v.detach().clone() for k, v in model.state.gates.items()}
+        sum(v.sum() for v in model.state.gates.values()).backward()
+        return gates, {n: p.grad.clone() for n, p in model.named_parameters() if ".router." in n}
+
+    fused = gates_and_gradients()
+    pieces: list[torch.Tensor] = []
+
+    def concatenated(self, x):
+        if len(self.reads) == 1:
+            pieces.clear()
+        pieces.append(self.router.prepare(x))
+        return self.router.score(torch.cat(pieces, dim=-1))
+
+    monkeypatch.setattr(MoGULayer, "_gates", concatenated)
+    reference = gates_and_gradients()
+    for got, want in zip(fused, reference):
+        assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-5) for k in got)
+
+
 def test_each_routed_input_is_prepared_once_per_forward(tiny_dir, tiny_tokenizer, monkeypatch):
     """Stacking routers reuse the normalised inputs of the layers below instead of normalising them again."""
     model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(reads="stack")))

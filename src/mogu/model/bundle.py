@@ -113,6 +113,10 @@ class MoGUModel(nn.Module):
             layer.train(self.training)
             setattr(parent, child, layer)
             layers.append(layer)
+        if self.config.router.reads == "stack":
+            for layer in layers:
+                layer.readers = tuple((reader.layer_index, reader.router, reader.reads.index(layer.layer_index))
+                                      for reader in layers if layer.layer_index in reader.reads)
         return layers
 
     def route_only(self, layers: list[int]) -> None:

@@ -13,7 +13,7 @@ when it is set, get ``W h``: how a prompt is read under ``RouterConfig.prompt`` 
 
 which is ``w_u * Unwill_resp(h) + w_g * Glad_resp(h)`` as in MoGU. Under
 ``RouterConfig.reads`` "stack" the router scores ``h`` together with the inputs
-of the routed layers below, at the same position (``RoutingState.stack``). For base
+of the routed layers below, at the same position (``MoGULayer._gates``). For base
 projections with a bias, ``W h`` includes the bias (the whole expert output is
 weighted). The LoRA parameter names (``lora_A.<expert>.weight``) follow PEFT's
 so that an expert converts to and from a PEFT adapter file by renaming keys.
@@ -45,9 +45,9 @@ class RoutingState:
     # (batch, seq) bool: the positions the routed modes route; the others get the base projection.
     # None: every position (set for one forward over known sequences, see MoGUModel.mode).
     routed: torch.Tensor | None = None
-    # Under RouterConfig.reads "stack": the inputs of the routed projections run so far in this forward,
-    # prepared for the routers (Router.prepare), lowest layer first (the lowest routed layer starts it anew).
-    stack: list[torch.Tensor] = field(default_factory=list)
+    # Under RouterConfig.reads "stack": for each routed layer, the sum of its router's weight terms for the
+    # routed inputs run so far in this forward, and how many there were (the lowest routed layer starts anew).
+    stack: dict[int, tuple[torch.Tensor, int]] = field(default_factory=dict)
 
 
 def projection_features(module: nn.Module) -> tuple[int, int]:
@@ -88,6 +88,9 @@ class MoGULayer(nn.Module):
             raise ValueError(f"layer {layer_index}'s router must read its own input last, not {self.reads}")
         self.stacks = router.reads == "stack"
         self.router = Router(self.in_features, router, pieces=len(self.reads))
+        # under "stack": (layer index, router, piece) for every routed layer whose router reads this layer's
+        # input, this one included (set by the model, which knows them all; a tuple, so not submodules)
+        self.readers: tuple[tuple[int, Router, int], ...] = ((layer_index, self.router, len(self.reads) - 1),)
         self.reset_experts()
 
     def reset_experts(self, names: Iterable[str] = EXPERTS) -> None:
@@ -103,16 +106,28 @@ class MoGULayer(nn.Module):
 
     def _gates(self, x: torch.Tensor) -> torch.Tensor:
         """The router's weights for ``x``; under "stack" for the inputs of the routed layers so far in this
-        forward with ``x`` last, each prepared (``Router.prepare``) once, by the layer it belongs to."""
+        forward with ``x`` last.
+
+        Each layer prepares its input (``Router.prepare``) and projects it once, in one product, for every
+        router that reads it (``readers``), adding each router's part to a running sum; its own router then
+        only adds its bias. Concatenating the inputs below for every router instead costs memory traffic
+        that grows with the square of the routed layers (docs/TRAINING.md, throughput).
+        """
         if not self.stacks:
             return self.router(x)
         if len(self.reads) == 1:
-            self.state.stack = []
-        self.state.stack.append(self.router.prepare(x))
-        if len(self.state.stack) != len(self.reads):
+            self.state.stack = {}
+        weights = torch.cat([router.piece_weight(piece) for _, router, piece in self.readers])
+        parts = nn.functional.linear(self.router.prepare(x), weights)  # (..., 2 * readers)
+        for i, (reader, _, _) in enumerate(self.readers):
+            part = parts[..., 2 * i : 2 * i + 2]
+            summed, count = self.state.stack.get(reader, (0.0, 0))
+            self.state.stack[reader] = (summed + part, count + 1)
+        summed, count = self.state.stack.pop(self.layer_index)
+        if count != len(self.reads):
             raise RuntimeError(f"layer {self.layer_index}'s router reads layers {self.reads}, but "
-                               f"{len(self.state.stack)} routed inputs were seen in this forward")
-        return self.router.score(torch.cat(self.state.stack, dim=-1))
+                               f"{count} of them were run in this forward")
+        return self.router.from_logits(summed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)

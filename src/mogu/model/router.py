@@ -63,6 +63,20 @@ class Router(nn.Module):
         """The gate weights of ``pieces`` prepared inputs, concatenated: ``forward`` without the preparing."""
         return torch.sigmoid(torch.cat([self.unwill(prepared), self.glad(prepared)], dim=-1))
 
+    def piece_weight(self, piece: int) -> torch.Tensor:
+        """The rows (unwill, glad) of the linear scorers' weights that multiply input ``piece``: shape (2, d).
+        ``score`` of the prepared pieces is ``sigmoid(sum_p piece p @ piece_weight(p).T + bias)``, which a
+        stacking model computes with each input projected once for every router reading it (``MoGULayer``)."""
+        if self.cfg.shape != "linear":
+            raise ValueError("only linear scorers split into per-input pieces")
+        cols = slice(piece * self.in_features, (piece + 1) * self.in_features)
+        return torch.cat([self.unwill.weight[:, cols], self.glad.weight[:, cols]])
+
+    def from_logits(self, summed: torch.Tensor) -> torch.Tensor:
+        """The gate weights from the scorers' summed weight terms (..., 2) (unwill, glad): the bias added."""
+        bias = torch.cat([self.unwill.bias, self.glad.bias])
+        return torch.sigmoid(summed + bias)
+
     def shift_towards_glad(self, shift: float) -> None:
         """Add ``shift`` to the glad logit and subtract it from the unwilling one, for every input."""
         with torch.no_grad():
