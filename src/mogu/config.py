@@ -61,9 +61,10 @@ class RouterConfig(StrictModel):
     routed layer saw: on the default model, probes on the stacked inputs told
     harmful from benign validation prompts apart better than probes on each
     layer's own input (docs/TRAINING.md, "Routers that read the layers below").
-    The paper shape reads its own layer only. The k-th stacking router reads
-    k inputs, so with many routed layers "own" trains faster (every one of 30
-    layers routed, bfloat16: 0.39 of a plain LoRA step's throughput against 0.81).
+    The paper shape reads its own layer only. Each routed input is projected once
+    for every router that reads it (``MoGULayer._gates``), so stacking costs about
+    what "own" does even with every layer routed (all 30, bfloat16: 0.80 of a plain
+    LoRA step's throughput, "own" 0.76 in the same run).
     ``prompt`` says how the prompt is read in the routed modes: ``routed``
     mixes the experts at every position, as the paper does; ``base`` reads the
     prompt up to its last token with the base model alone and routes only the
