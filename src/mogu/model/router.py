@@ -53,9 +53,9 @@ class Router(nn.Module):
         return self.score(self.prepare(x.unflatten(-1, (self.pieces, self.in_features))).flatten(-2))
 
     def prepare(self, piece: torch.Tensor) -> torch.Tensor:
-        """One input as the router scores it (float32, RMS-normalised with ``input_norm``). Stacking routers
-        score the prepared inputs of the layers below, concatenated (``score``), so that each input is
-        prepared once per forward rather than once per router reading it."""
+        """One input as the router scores it (float32, RMS-normalised with ``input_norm``). In a stacking
+        model each input is prepared once per forward, by its own layer, for every router reading it
+        (``MoGULayer._gates``)."""
         h = piece.float()
         return rms_normalise(h) if self.input_norm else h
 
