@@ -28,8 +28,8 @@ import torch
 from mogu.model import MoGUModel
 from mogu.probe import fit_logistic
 from mogu.train.augment import framed_copies
-from mogu.train.batches import tokenize_pairs
 from mogu.train.data import load_records
+from mogu.train.layer_select import prompt_pairs
 from mogu.train.pipeline import bundle_train_config
 from mogu.train.router_init import collect_router_inputs, router_features
 
@@ -56,8 +56,7 @@ def main() -> None:
     records.sort(key=lambda r: len(r.instruction))  # batches of similar length: less padding
     model = MoGUModel.from_base(config.base, target_module=config.target_module, layers=list(routed),
                                 expert=config.expert, router=config.router, dtype=config.dtype)
-    # only the prompt is read: any one-token response will do
-    pairs = tokenize_pairs(model, [(r.instruction, ".") for r in records], config.max_length, 1).pairs
+    pairs = prompt_pairs(model, records, config.max_length)
     features, benign = collect_router_inputs(model, [(p, r.benign) for p, r in zip(pairs, records)], positions=1,
                                              mode="base")
     x, benign = router_features(features, routed), benign.bool()

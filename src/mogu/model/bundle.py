@@ -398,7 +398,8 @@ class MoGUModel(nn.Module):
 
     def set_router_state(self, state: dict[str, torch.Tensor]) -> None:
         """Set every router from a dict shaped like ``router_state_dict()`` (the same keys, no others)."""
-        if set(state) != set(self.router_state_dict()):
+        expected = {f"layers.{layer.layer_index}.{key}" for layer in self.layers for key in layer.router.state_dict()}
+        if set(state) != expected:
             raise BundleError(f"router weights do not fit this model (router shape {self.config.router.shape!r}, "
                               f"layers {self.config.layers})")
         for layer in self.layers:

@@ -61,12 +61,16 @@ def best_layers(scores: dict[int, float], keep: int) -> list[int]:
     return sorted(ranked[:keep])
 
 
+def prompt_pairs(model: MoGUModel, records: list[Record], max_length: int) -> list[Pair]:
+    """The records' prompts, tokenised for probes, in the order given."""
+    # only the prompt is read: any one-token response will do
+    return tokenize_pairs(model, [(r.instruction, ".") for r in records], max_length, 1).pairs
+
+
 def prompt_items(model: MoGUModel, records: list[Record], split: str, max_length: int) -> list[tuple[Pair, bool]]:
     """The prompts of ``split`` with their benign labels, for probes (sorted by length)."""
     chosen = [r for r in records if r.split == split]
-    # only the prompt is read: any one-token response will do
-    pairs = tokenize_pairs(model, [(r.instruction, ".") for r in chosen], max_length, 1).pairs
-    return by_length([(pair, r.benign) for pair, r in zip(pairs, chosen)])
+    return by_length([(pair, r.benign) for pair, r in zip(prompt_pairs(model, chosen, max_length), chosen)])
 
 
 def select_routed_layers(model: MoGUModel, records: list[Record], config: TrainConfig, path: Path) -> list[int]:

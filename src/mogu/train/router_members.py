@@ -37,19 +37,13 @@ from mogu.train.stages import router_stage
 
 log = logging.getLogger(__name__)
 
-MEMBER_ROUTER = "router.safetensors"  # a finished member's selected routers,
-MEMBER_DONE = "selection.json"  # written after them: the member is done
+MEMBER_ROUTER = "router.safetensors"  # a finished member's selected routers
+MEMBER_DONE = "selection.json"  # written (atomically) after them: a half-written router file is never read
 
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The element-wise mean of router state dicts with the same keys."""
     return {key: torch.stack([state[key] for state in states]).mean(0) for key in states[0]}
-
-
-def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
 
 
 def run_router_members(
@@ -95,8 +89,8 @@ def run_router_members(
         states.append(model.router_state_dict())
         results.append({"member": k, "selected_step": result["selected_step"], "score": result["score"]})
         if accelerator.is_main_process:
-            _save_atomic(member_dir / MEMBER_ROUTER, states[-1])
-            write_json_atomic(member_dir / MEMBER_DONE, results[-1])
+            save_file(states[-1], str(member_dir / MEMBER_ROUTER))
+            write_json_atomic(member_dir / MEMBER_DONE, results[-1])  # only now is the member done
         accelerator.wait_for_everyone()
     model.set_router_state(average_states(states))
     score, metrics = base.validate()
