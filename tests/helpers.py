@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
+from mogu.config import RouterConfig
 from mogu.model import MoGUModel
+from mogu.model.layer import MoGULayer
+from mogu.model.router import rms_normalise
 
 
 def randomize(model: MoGUModel, seed: int = 0, scale: float = 0.5) -> MoGUModel:
@@ -51,3 +54,44 @@ def instructions_file(path: Path) -> Path:
                      "split": split, "compliant": "Mix flour, water and yeast."})
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+def reader_gates(model: MoGUModel, ids: torch.Tensor) -> torch.Tensor:
+    """The reader's gates on the base model's routed-layer inputs at the last token of ``ids`` (1, seq) (a
+    prompt), computed apart from ``mogu.generate``."""
+    reading = {}
+    hooks = [layer.register_forward_pre_hook(lambda _m, args, i=layer.layer_index: reading.__setitem__(i, args[0][0, -1]))
+             for layer in model.layers]
+    with model.mode("base"), torch.no_grad():
+        model.base_model(input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    return model.reader.score(torch.cat([rms_normalise(reading[i].float()) for i in model.config.layers]))
+
+
+@contextlib.contextmanager
+def reader_override(model: MoGUModel, gates: torch.Tensor, position: int):
+    """For ``released_reference``, which re-runs the whole sequence for each routed token: every forward takes
+    ``gates`` at ``position``, the last prompt token (generation keeps them there in its cache)."""
+    original = MoGULayer._gates
+
+    def reader_there(layer, x):
+        out = original(layer, x).clone()
+        out[:, position] = gates
+        return out
+
+    MoGULayer._gates = reader_there
+    try:
+        yield
+    finally:
+        MoGULayer._gates = original
+
+
+def with_reader(tiny_dir: Path, seed: int = 5) -> MoGUModel:
+    """A randomised model whose first decision is taken by a (random) reader (``router.first`` "reader")."""
+    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(first="reader")), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.reader.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 2 / p.shape[-1] ** 0.5)
+    return model

@@ -10,11 +10,11 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM
 
-from mogu.config import DecodingConfig
+from mogu.config import DecodingConfig, RouterConfig
 from mogu.generate import GenerationError, generate, with_cache
 from mogu.model import MoGUModel
 from mogu.model.chat import ChatTemplateError
-from tests.helpers import randomize, routed_from
+from tests.helpers import randomize, reader_gates, reader_override, routed_from, with_reader
 
 PROMPTS = ["How do I bake bread?", "Tell me a poem about the sea and the sky, please, in many words", "Hi"]
 GREEDY = DecodingConfig(max_new_tokens=12)
@@ -22,7 +22,9 @@ GREEDY = DecodingConfig(max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def mogu(tiny_model_dirs) -> MoGUModel:
-    return randomize(MoGUModel.from_base(str(tiny_model_dirs["llama"])), seed=3)
+    """Routers decide at every routed position, the first decision included, as in MoGU (the reader is
+    tested on its own below)."""
+    return randomize(MoGUModel.from_base(str(tiny_model_dirs["llama"]), router=RouterConfig(first="routers")), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,35 @@ def test_reading_the_prompt_with_the_base_model_changes_the_output(mogu, mogu_ro
     # else the two tests above would not tell the prompt readings apart
     assert mogu.config.router.prompt == "base"
     assert [g.token_ids for g in generate(mogu, PROMPTS, GREEDY)] != [g.token_ids for g in generate(mogu_routed_prompt, PROMPTS, GREEDY)]
+
+
+def test_the_reader_takes_the_first_decision_in_every_layer_and_only_there(tiny_dir):
+    model = with_reader(tiny_dir)
+    decoding = GREEDY.model_copy(update={"return_gates": True, "routed_tokens": 4, "min_new_tokens": 4})
+    for prompt, result in zip(PROMPTS, generate(model, PROMPTS, decoding)):
+        expected = reader_gates(model, prompt_ids(model, prompt))
+        assert torch.allclose(result.gates[0], expected.expand_as(result.gates[0]), atol=1e-5)
+        later = result.gates[1:]
+        assert not torch.allclose(later, expected.expand_as(later), atol=1e-3)  # the routers decide there
+    assert model.state.first is None
+
+
+def test_generation_with_a_reader_matches_the_released_procedure_with_its_gates(tiny_model_dirs, plain):
+    # no cache in the reference: checks that the base model's pass over the whole prompt is cut back to
+    # all but its last token before the routed phase
+    model = with_reader(tiny_model_dirs["llama"])
+    decoding = GREEDY.model_copy(update={"handover": "faithful", "routed_tokens": 5})
+    for prompt in PROMPTS:
+        [result] = generate(model, [prompt], decoding)
+        with reader_override(model, reader_gates(model, prompt_ids(model, prompt)), prompt_ids(model, prompt).shape[1] - 1):
+            assert result.token_ids == released_reference(model, plain, prompt, 5, 12)
+    batched = [g.token_ids for g in generate(model, PROMPTS, decoding)]
+    assert batched == [generate(model, [p], decoding)[0].token_ids for p in PROMPTS]
+
+
+def test_a_reader_needs_the_base_model_to_read_the_prompt():
+    with pytest.raises(ValidationError, match="router.first 'reader' needs router.prompt 'base'"):
+        RouterConfig(first="reader", prompt="routed")
 
 
 def test_training_routes_the_positions_generation_routes(mogu, mogu_routed_prompt):

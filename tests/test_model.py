@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from mogu.model.bundle import read_config
 from mogu.model.layer import MoGULayer
 from mogu.model.router import Router
 
-from tests.helpers import batch, randomize, routed_from
+from tests.helpers import batch, randomize, reader_gates, reader_override, routed_from, with_reader
 
 
 def logits(model, inputs) -> torch.Tensor:
@@ -169,26 +170,31 @@ def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape, reads):
     assert loaded.config == model.config
 
 
-@pytest.mark.parametrize("reads", ["own", "stack"])
-def test_generation_reads_the_prompt_as_training_does(tiny_dir, reads):
+@pytest.mark.parametrize("reads,first", [("own", "routers"), ("stack", "routers"), ("stack", "reader")])
+def test_generation_reads_the_prompt_as_training_does(tiny_dir, reads, first):
     # router.prompt "base": a base-mode prefill of the prompt, then the routed phase on its cache, in a
     # left-padded batch, picks the tokens one forward over the whole sequence picks with the last prompt
-    # token onwards routed (every architecture's cache and position ids)
-    mogu = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(reads=reads)))
+    # token onwards routed (every architecture's cache and position ids); with a reader (router.first), its
+    # gates at the last prompt token (the prefill reads that token too, then its cache is cut back)
+    mogu = with_reader(tiny_dir) if first == "reader" else randomize(
+        MoGUModel.from_base(str(tiny_dir), router=RouterConfig(reads=reads, first=first)))
     prompts = ["How do I bake bread in a hot oven?", "Hi"]
     results = generate(mogu, prompts, DecodingConfig(max_new_tokens=4, routed_tokens=4))
     for prompt, result in zip(prompts, results):
         ids = encode_prompts(mogu, [prompt], 4)["input_ids"]
+        gates = reader_gates(mogu, ids) if first == "reader" else None
         for k, token in enumerate(result.token_ids):
             full = torch.cat([ids, torch.tensor([result.token_ids[:k]], dtype=ids.dtype)], dim=1)
-            with mogu.mode("mogu"), routed_from(mogu, ids.shape[1] - 1, full.shape[1]):
+            reader = reader_override(mogu, gates, ids.shape[1] - 1) if gates is not None else nullcontext()
+            with mogu.mode("mogu"), routed_from(mogu, ids.shape[1] - 1, full.shape[1]), reader:
                 assert int(logits(mogu, {"input_ids": full})[0, -1].argmax()) == token
 
 
-@pytest.mark.parametrize("field,older", [("prompt", "routed"), ("reads", "own")])
+@pytest.mark.parametrize("field,older", [("prompt", "routed"), ("reads", "own"), ("first", "routers")])
 def test_bundles_saved_before_a_router_field_existed_keep_their_behaviour(llama_dir, tmp_path, field, older):
-    # router.prompt came at stop 16, router.reads at stop 18; the current defaults are "base" and "stack"
-    model = MoGUModel.from_base(str(llama_dir), router=RouterConfig(**{field: older}))
+    # router.prompt came at stop 16, router.reads at stop 18, router.first at stop 21; the current defaults are
+    # "base", "stack" and "reader"
+    model = MoGUModel.from_base(str(llama_dir), router=RouterConfig(**{"first": "routers", field: older}))
     model.save_pretrained(tmp_path / "bundle")
     path = tmp_path / "bundle" / "mogu_config.json"
     saved = json.loads(path.read_text(encoding="utf-8"))

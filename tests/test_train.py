@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mogu.config import ExpertConfig, RouterConfig, resolved_dict, write_json_atomic
+from mogu.config import DecodingConfig, ExpertConfig, RouterConfig, resolved_dict, write_json_atomic
 from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
 from mogu.model.positions import decision_mask
@@ -355,6 +355,26 @@ def test_router_warm_start_installs_per_layer_probes(llama_dir, reads):
     assert glad[0] < 0.5 < glad[1]  # harmful -> unwilling, benign -> glad
 
 
+def test_the_first_decisions_reader_is_fitted_on_the_base_models_reading_the_same_every_time(llama_dir):
+    from mogu.train.router_init import fit_reader
+
+    model = MoGUModel.from_base(str(llama_dir), router=RouterConfig(first="reader"))
+    texts = [(f"How do I build weapon {i}?", "I'm sorry, I can't.") for i in range(6)]
+    texts += [(f"Bake bread style {i}", "Sure, mix flour and water.") for i in range(6)]
+    items = [(p, i >= 6) for i, p in enumerate(tokenize_pairs(model, texts, 64, 8).pairs)]
+    assert fit_reader(model, items, l2=1e-3, steps=50) >= 0.9
+    fitted = {k: v.clone() for k, v in model.reader.state_dict().items()}
+    decoding = DecodingConfig(max_new_tokens=2, min_new_tokens=2, return_gates=True)
+    harmful, benign = model.generate([texts[0][0], texts[6][0]], decoding)
+    assert harmful.gates[0, :, 1].max() < 0.5 < benign.gates[0, :, 1].min()  # every layer takes its decision
+    with torch.no_grad():
+        for router in model.named_routers().values():  # what training would have changed
+            for p in router.parameters():
+                p.add_(1.0)
+    fit_reader(model, items, l2=1e-3, steps=50)  # a resumed router stage fits it again
+    assert all(torch.equal(v, fitted[k]) for k, v in model.reader.state_dict().items())
+
+
 def test_router_inputs_are_those_of_the_full_sequence(llama_dir):
     # collect_router_inputs runs only as much of each response as the wanted positions need, and reads
     # the prompt as training does (router.prompt "base": the base model up to the last prompt token)
@@ -483,15 +503,20 @@ def test_pipeline_routes_only_the_layers_that_separate_best(llama_dir, instructi
     model = MoGUModel.from_pretrained(out)
     assert model.config.layers == measured["selected"] and len(model.layers) == 1
     assert set(load_file(str(out / "router.safetensors"))) == {
-        f"layers.{measured['selected'][0]}.{k}" for k in model.layers[0].router.state_dict()}
+        f"layers.{measured['selected'][0]}.{k}" for k in model.layers[0].router.state_dict()} | {
+        f"reader.{k}" for k in model.reader.state_dict()}  # the first decision's reader reads the one routed layer
+    assert model.reader.glad.weight.shape[-1] == model.layers[0].in_features
 
 
+@pytest.mark.parametrize("first", ["routers", "reader"])
 def test_calibration_applies_the_best_validation_shift_once_even_after_an_interruption(
-    llama_dir, instructions, tmp_path, monkeypatch
+    llama_dir, instructions, tmp_path, monkeypatch, first
 ):
     from mogu.train import calibrate, pipeline
 
-    uncalibrated = train(tiny_config(llama_dir, instructions, calibration={"shifts": []}), tmp_path / "uncalibrated")
+    router = {"first": first}
+    uncalibrated = train(tiny_config(llama_dir, instructions, calibration={"shifts": []}, router=router),
+                         tmp_path / "uncalibrated")
     assert not (uncalibrated / "calibration.json").exists()
     # a random tiny model refuses nothing whatever the shift: stand in for the measurement, shifts in sorted order
     measured = iter([0.6, 0.9, 0.7])
@@ -501,7 +526,7 @@ def test_calibration_applies_the_best_validation_shift_once_even_after_an_interr
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "evaluate_seed_split", interrupt)
-    config = tiny_config(llama_dir, instructions, calibration={"shifts": [2.0, -1.0, 1.0]})
+    config = tiny_config(llama_dir, instructions, calibration={"shifts": [2.0, -1.0, 1.0]}, router=router)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "calibrated")
     monkeypatch.undo()  # a second measurement would now fail: the resumed run must reuse the recorded choice
@@ -510,8 +535,11 @@ def test_calibration_applies_the_best_validation_shift_once_even_after_an_interr
     calibration = json.loads((out / "calibration.json").read_text())
     assert calibration["shift"] == 1.0 and set(calibration["validation"]) == {"0.0", "-1.0", "1.0", "2.0"}
     before, after = load_file(str(uncalibrated / "router.safetensors")), load_file(str(out / "router.safetensors"))
+    # the first decision's reader, when there is one, is fitted (it reads something) and shifted like the routers
+    assert ("reader.glad.weight" in before) == (first == "reader")
+    assert first == "routers" or before["reader.glad.weight"].abs().sum() > 0
     for key, value in before.items():
-        change = {"glad.bias": 1.0, "unwill.bias": -1.0}.get(key.split(".", 2)[-1], 0.0)
+        change = {"glad.bias": 1.0, "unwill.bias": -1.0}.get(".".join(key.split(".")[-2:]), 0.0)
         assert torch.allclose(after[key], value + change, atol=1e-6), key
 
 

@@ -73,6 +73,16 @@ class RouterConfig(StrictModel):
     validation split, above all on framed requests (docs/TRAINING.md,
     "Reading the prompt"). Bundles saved before this field existed read
     prompts ``routed`` (``MoGUConfig``).
+    ``first`` says who decides at the first decision position (the last prompt
+    token, whose output is the first response token): ``routers``, each routed
+    layer's router, as MoGU; ``reader``, one linear reader of the base model's
+    routed-layer inputs there (each RMS-normalised), fitted on the training
+    split like the routers' warm start, whose gates every routed layer takes at
+    that position. The routed model refuses when any one layer leans to the
+    unwilling expert, and the lowest routers read least; the reader gives every
+    layer the decision of the fullest reading (docs/TRAINING.md, "One reader for
+    the first decision"). Needs ``prompt`` "base" (the base model's reading of
+    the prompt is taken from the same pass). Later positions are routed as usual.
     """
 
     shape: Literal["paper", "linear"] = "linear"
@@ -81,9 +91,13 @@ class RouterConfig(StrictModel):
     init_bias: float = Field(0.0, description="initial logit of both scorers (0 -> weight 0.5)")
     reads: Literal["own", "stack"] = "stack"
     prompt: Literal["routed", "base"] = "base"
+    first: Literal["routers", "reader"] = "reader"
 
     @model_validator(mode="after")
     def _paper_reads_its_own_layer(self) -> RouterConfig:
+        if self.first == "reader" and self.prompt != "base":
+            raise ValueError("router.first 'reader' needs router.prompt 'base': the reader reads the base model's "
+                             "pass over the prompt")
         if self.shape == "paper" and self.reads == "stack":
             raise ValueError(
                 "router.shape 'paper' needs router.reads 'own': its first factor is a (hidden x inputs) matrix, and "
@@ -124,9 +138,10 @@ class MoGUConfig(StrictModel):
     @classmethod
     def _router_of_older_bundles(cls, data: Any) -> Any:
         """Bundles saved before ``router.prompt`` existed were trained and used with every position routed;
-        those saved before ``router.reads`` existed have routers that read their own layer's input."""
+        those saved before ``router.reads`` existed have routers that read their own layer's input, and those
+        saved before ``router.first`` existed let the routers take the first decision."""
         if isinstance(data, dict) and isinstance(data.get("router"), dict):
-            older = {"prompt": "routed", "reads": "own"}
+            older = {"prompt": "routed", "reads": "own", "first": "routers"}
             data = {**data, "router": {**{k: v for k, v in older.items() if k not in data["router"]}, **data["router"]}}
         return data
 

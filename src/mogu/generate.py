@@ -239,17 +239,42 @@ def cache_of(model: PreTrainedModel, output: Any) -> Any:
     return getattr(output, _cache_keyword(type(model)))
 
 
-def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor):
+def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor, first_decision: bool = False):
     """Under ``router.prompt`` "base": the base model's cache of each prompt but its last token, from which
-    the routed phase continues (it then routes the last prompt token onwards); otherwise None."""
-    if model.config.router.prompt != "base" or input_ids.shape[1] < 2:
+    the routed phase continues (it then routes the last prompt token onwards); otherwise None.
+
+    ``first_decision`` (``router.first`` "reader", mode ``mogu``): the base model reads the last prompt token
+    too, the reader's gates for it go to ``model.state.first`` (taken by the routed phase's first forward),
+    and the cache is cut back by that token. Prompts are left-padded: the last column is every row's last
+    prompt token.
+    """
+    if model.config.router.prompt != "base" or input_ids.shape[1] < (1 if first_decision else 2):
         return None
-    head, head_mask = input_ids[:, :-1], mask[:, :-1]
+    width = input_ids.shape[1] if first_decision else input_ids.shape[1] - 1
+    head, head_mask = input_ids[:, :width], mask[:, :width]
     inputs = {"input_ids": head, "attention_mask": head_mask, "use_cache": True}
     if "position_ids" in _forward_parameters(type(model.base_model)):
         inputs["position_ids"] = position_ids(head_mask)
-    with model.mode("base"), torch.no_grad():
-        return cache_of(model.base_model, model.base_model(**inputs))
+    reading: dict[int, torch.Tensor] = {}
+
+    def grab(layer_index: int):
+        return lambda _module, args: reading.__setitem__(layer_index, args[0][:, -1])
+
+    hooks = [layer.register_forward_pre_hook(grab(layer.layer_index)) for layer in model.layers] if first_decision else []
+    try:
+        with model.mode("base"), torch.no_grad():
+            cache = cache_of(model.base_model, model.base_model(**inputs))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not first_decision:
+        return cache
+    with torch.no_grad():
+        model.state.first = model.reader(torch.cat([reading[i] for i in model.config.layers], dim=-1))
+    if width < 2:
+        return None  # a one-token prompt: the routed phase reads it whole
+    cache.crop(-1)  # negative: that many tokens off the end (transformers 4 and 5 alike)
+    return cache
 
 
 def generate(
@@ -277,11 +302,14 @@ def generate(
     cache = None
     if m > 0:
         routing = decoding.mode in ("mogu", "fixed")
-        prompt_cache = read_prompt_in_base(model, input_ids, mask) if routing else None
+        first_decision = decoding.mode == "mogu" and model.reader is not None
+        prompt_cache = read_prompt_in_base(model, input_ids, mask, first_decision) if routing else None
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and routing else None
         routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
         routed_config.return_dict_in_generate = True
+        # the reader's gates hold for the first routed forward only
+        clear_first = model.base_model.register_forward_hook(lambda *_: setattr(model.state, "first", None))
         try:
             with model.mode(decoding.mode, decoding.fixed), torch.no_grad():
                 out = model.base_model.generate(
@@ -293,7 +321,8 @@ def generate(
                     **tokenizer_kw,
                 )
         finally:
-            model.state.trace = None
+            model.state.trace = model.state.first = None
+            clear_first.remove()
         if trace:
             gates = torch.stack([torch.stack(trace[i], dim=1) for i in model.config.layers], dim=2).float().cpu()
         input_ids, cache = out.sequences, cache_of(model.base_model, out)

@@ -37,7 +37,7 @@ from mogu.config import EXPERTS, ExpertConfig, Mode, MoGUConfig, RouterConfig, p
 from mogu.model.layer import MoGULayer, RoutingState
 from mogu.model.loading import DEFAULT_MODEL, load_base
 from mogu.model.positions import decision_mask
-from mogu.model.router import PAPER_KEYS, fold_state_dict
+from mogu.model.router import PAPER_KEYS, Router, fold_state_dict
 from mogu.model.targets import find_targets
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class MoGUModel(nn.Module):
         if head is not None:
             head.register_forward_pre_hook(_contiguous_input)
         self.layers: list[MoGULayer] = self._inject()  # a plain list: the modules are registered inside base_model
+        self.reader: Router | None = self._make_reader()
         self.eval()
 
     def _inject(self) -> list[MoGULayer]:
@@ -119,6 +120,27 @@ class MoGUModel(nn.Module):
                                       for reader in layers if layer.layer_index in reader.reads)
         return layers
 
+    def _make_reader(self) -> Router | None:
+        """Under ``router.first`` "reader": the first decision's reader, a linear router over every routed
+        layer's input (``RouterConfig``), on the routed layers' device; else None."""
+        if self.config.router.first != "reader":
+            return None
+        cfg = self.config.router.model_copy(update={"shape": "linear", "input_norm": True})
+        with torch.random.fork_rng(devices=[]):  # draws nothing from the stream the experts' init draws from next
+            reader = Router(self.layers[0].in_features, cfg, pieces=len(self.layers))
+        with torch.no_grad():
+            for scorer in (reader.unwill, reader.glad):
+                scorer.weight.zero_()  # reads nothing until fitted: 0.5 / 0.5, like fresh routers
+        return reader.to(self.layers[0].base_layer.weight.device)
+
+    def named_routers(self) -> dict[str, Router]:
+        """Every router by its key prefix in ``router.safetensors``: ``layers.<i>``, and ``reader`` when there
+        is one."""
+        routers = {f"layers.{layer.layer_index}": layer.router for layer in self.layers}
+        if self.reader is not None:
+            routers["reader"] = self.reader
+        return routers
+
     def route_only(self, layers: list[int]) -> None:
         """Route just ``layers`` from now on, with new experts and routers (as ``from_base`` with ``layers`` gives).
 
@@ -133,6 +155,7 @@ class MoGUModel(nn.Module):
             setattr(self.base_model.get_submodule(parent_name), child, layer.base_layer)
         self.config = self.config.model_copy(update={"target_modules": [n for n, _ in kept], "layers": [i for _, i in kept]})
         self.layers = self._inject()
+        self.reader = self._make_reader()
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -322,6 +345,8 @@ class MoGUModel(nn.Module):
         }
         for name in EXPERTS:
             counts[f"expert_{name}"] = sum(p.numel() for p in self.stage_parameters(name))
+        if self.reader is not None:
+            counts["reader"] = sum(p.numel() for p in self.reader.parameters())
         return counts
 
     # --------------------------------------------------------- experts (PEFT)
@@ -391,20 +416,23 @@ class MoGUModel(nn.Module):
     def router_state_dict(self) -> dict[str, torch.Tensor]:
         """Every router's weights, float32 on the CPU: a snapshot (copies), which later training leaves as it is."""
         return {
-            f"layers.{layer.layer_index}.{key}": value.detach().to("cpu", torch.float32, copy=True).contiguous()
-            for layer in self.layers
-            for key, value in layer.router.state_dict().items()
+            f"{prefix}.{key}": value.detach().to("cpu", torch.float32, copy=True).contiguous()
+            for prefix, router in self.named_routers().items()
+            for key, value in router.state_dict().items()
         }
 
     def set_router_state(self, state: dict[str, torch.Tensor]) -> None:
         """Set every router from a dict shaped like ``router_state_dict()`` (the same keys, no others)."""
-        expected = {f"layers.{layer.layer_index}.{key}" for layer in self.layers for key in layer.router.state_dict()}
+        routers = self.named_routers()
+        expected = {f"{prefix}.{key}" for prefix, router in routers.items() for key in router.state_dict()}
         if set(state) != expected:
-            raise BundleError(f"router weights do not fit this model (router shape {self.config.router.shape!r}, "
-                              f"layers {self.config.layers})")
-        for layer in self.layers:
-            prefix = f"layers.{layer.layer_index}."
-            layer.router.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            raise BundleError(f"router weights do not fit this model ({self._router_description()})")
+        for prefix, router in routers.items():
+            router.load_state_dict({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+
+    def _router_description(self, shape: str | None = None) -> str:
+        reader = ", with the first decision's reader" if self.reader is not None else ""
+        return f"router shape {shape or self.config.router.shape!r}, layers {self.config.layers}{reader}"
 
     def load_router(self, path: Path, fold: bool = False) -> None:
         """Load ``router.safetensors``; ``fold``: it holds paper-shape routers, fold them into this model's linear ones.
@@ -416,24 +444,23 @@ class MoGUModel(nn.Module):
         """
         if not path.is_file():
             raise BundleError(f"missing file: {path}")
-        expected = {f"layers.{layer.layer_index}.{key}" for layer in self.layers
-                    for key in (PAPER_KEYS if fold else layer.router.state_dict())}
+        routers = self.named_routers()
+        # the reader is always linear: only the layers' routers can be of the paper's shape
+        expected = {f"{prefix}.{key}" for prefix, router in routers.items()
+                    for key in (PAPER_KEYS if fold and prefix != "reader" else router.state_dict())}
         try:
             with safe_open(str(path), framework="pt") as handle:
                 names = set(handle.keys())
         except (SafetensorError, OSError, ValueError) as err:
             raise BundleError(f"corrupt safetensors file {path}: {err}") from err
         if names != expected:
-            raise BundleError(
-                f"{path}: router weights do not fit this model (router shape {'paper' if fold else self.config.router.shape!r}, "
-                f"layers {self.config.layers})"
-            )
-        for layer in self.layers:
-            prefix = f"layers.{layer.layer_index}."
+            raise BundleError(f"{path}: router weights do not fit this model "
+                              f"({self._router_description('paper' if fold else None)})")
+        for prefix, router in routers.items():
             try:
                 with safe_open(str(path), framework="pt") as handle:
-                    state = {k[len(prefix):]: handle.get_tensor(k) for k in names if k.startswith(prefix)}
-                layer.router.load_state_dict(fold_state_dict(state) if fold else state)
+                    state = {k[len(prefix) + 1:]: handle.get_tensor(k) for k in names if k.startswith(prefix + ".")}
+                router.load_state_dict(fold_state_dict(state) if fold and prefix != "reader" else state)
             except (SafetensorError, OSError, ValueError, RuntimeError) as err:
                 raise BundleError(f"{path}: {err}") from err
 

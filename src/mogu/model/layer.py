@@ -9,7 +9,9 @@ For input ``h`` the output in each mode is::
     fixed   the same with (w_u, w_g) given
 
 (in the routed modes ``mogu`` and ``fixed``, positions outside ``RoutingState.routed``,
-when it is set, get ``W h``: how a prompt is read under ``RouterConfig.prompt`` "base")
+when it is set, get ``W h``: how a prompt is read under ``RouterConfig.prompt`` "base";
+in mode ``mogu``, ``RoutingState.first``, when it is set, replaces the gates of the last
+position: the first decision under ``RouterConfig.first`` "reader")
 
 which is ``w_u * Unwill_resp(h) + w_g * Glad_resp(h)`` as in MoGU. Under
 ``RouterConfig.reads`` "stack" the router scores ``h`` together with the inputs
@@ -48,6 +50,9 @@ class RoutingState:
     # Under RouterConfig.reads "stack": for each routed layer, the sum of its router's weight terms for the
     # routed inputs run so far in this forward, and how many there were (the lowest routed layer starts anew).
     stack: dict[int, tuple[torch.Tensor, int]] = field(default_factory=dict)
+    # Under RouterConfig.first "reader", while decoding: the reader's (batch, 2) gates, which every routed
+    # layer takes at the last position of the next routed forward (the first decision); then cleared.
+    first: torch.Tensor | None = None
 
 
 def projection_features(module: nn.Module) -> tuple[int, int]:
@@ -138,6 +143,8 @@ class MoGULayer(nn.Module):
             return out + self.delta(mode, x).to(out.dtype)
         if mode == "mogu":
             gates = self._gates(x)
+            if self.state.first is not None:
+                gates = torch.cat([gates[:, :-1], self.state.first[:, None].to(gates)], dim=1)
         else:  # fixed
             gates = x.new_tensor(self.state.fixed, dtype=torch.float32).expand(*x.shape[:-1], 2)
         if self.state.record:

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def shift_routers(model: MoGUModel, shift: float) -> None:
-    for layer in model.layers:
-        layer.router.shift_towards_glad(shift)
+    for router in model.named_routers().values():  # the first decision's reader too
+        router.shift_towards_glad(shift)
 
 
 def choose_router_shift(model: MoGUModel, records: list[Record], config: TrainConfig, trained: dict, path: Path) -> None:

@@ -53,8 +53,10 @@ def _saved_config(folder: Path) -> dict | None:
 
 
 # What a bundle was trained with when its config predates a setting: every layer routed (before layer
-# selection), float32 weights (before ``dtype``); not today's defaults.
+# selection), float32 weights (before ``dtype``), routers taking the first decision (before ``router.first``);
+# not today's defaults.
 OLDER_BUNDLES: dict[str, Any] = {"select_layers": None, "dtype": "float32"}
+OLDER_ROUTERS: dict[str, Any] = {"first": "routers"}  # the router section before router.first (stop 21)
 
 
 def bundle_train_config(bundle: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -64,6 +66,8 @@ def bundle_train_config(bundle: Path, overrides: dict[str, Any] | None = None) -
     if saved is None:
         raise FileNotFoundError(f"{bundle / TRAIN_CONFIG}: not found (not a bundle written by mogu train?)")
     merged = {**OLDER_BUNDLES, **saved}
+    if isinstance(merged.get("router"), dict):
+        merged["router"] = {**OLDER_ROUTERS, **merged["router"]}
     for key, value in (overrides or {}).items():
         section = merged.get(key)
         merged[key] = {**section, **value} if isinstance(value, dict) and isinstance(section, dict) else value

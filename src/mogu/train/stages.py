@@ -20,7 +20,7 @@ from mogu.train.batches import Pair, collate, gate_mask, mean_response_ce, respo
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig
 from mogu.train.data import Record
 from mogu.train.loop import Stage
-from mogu.train.router_init import warm_start_routers
+from mogu.train.router_init import fit_reader, warm_start_routers
 
 _judge = RefusalJudge()
 
@@ -173,6 +173,8 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     log_truncated("router", tokenized.truncated)
     items = [(pair, r.benign) for pair, r in zip(tokenized.pairs, train)]
     decoding = router_decoding(config)
+    if model.reader is not None:
+        fit_reader(model, items, stage_cfg.probe_l2, stage_cfg.probe_steps)
 
     def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:
         batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
