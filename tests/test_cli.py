@@ -27,6 +27,8 @@ def test_info_reports_targets_and_parameter_counts(llama_dir):
     assert result.exit_code == 0, result.output
     assert "model.layers.0.self_attn.o_proj" in result.output
     assert "paper" in result.output and "linear" in result.output
+    # the tiny llama routes 2 layers of width 32: a reader of 2 x 32 inputs, two scorers with a bias each
+    assert "first decision one reader, 130 parameters" in result.output
 
 
 def test_info_on_a_missing_model_fails_cleanly(tmp_path):

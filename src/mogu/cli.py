@@ -70,6 +70,8 @@ def info(target: Target) -> None:
     typer.echo(f"experts        r {cfg.expert.r}, alpha {cfg.expert.alpha:g}, dropout {cfg.expert.dropout:g}")
     typer.echo(f"routed tokens  {cfg.routed_tokens} (hand-over: {cfg.handover})")
     counts = model.parameter_counts()
+    first = f"one reader, {counts['reader']:,} parameters" if "reader" in counts else "each layer's router"
+    typer.echo(f"first decision {first} (router.first)")
     typer.echo(f"{'router shape':<14} {'base':>13} {'glad':>10} {'unwill':>10} {'routers':>12}")
     shapes = [cfg.router.shape] if is_bundle(target) else ["paper", "linear"]
     for shape in shapes:
