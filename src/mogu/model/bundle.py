@@ -122,7 +122,8 @@ class MoGUModel(nn.Module):
 
     def _make_reader(self) -> Router | None:
         """Under ``router.first`` "reader": the first decision's reader, a linear router over every routed
-        layer's input (``RouterConfig``), on the routed layers' device; else None."""
+        layer's input (``RouterConfig.first``; fitted by ``train.router_init.fit_reader``), on the routed
+        layers' device; else None."""
         if self.config.router.first != "reader":
             return None
         cfg = self.config.router.model_copy(update={"shape": "linear", "input_norm": True})
