@@ -7,7 +7,13 @@ as written, and wrapped in one of the validation framings of
 Validation split only: this is a split settings are chosen on, so reading it
 is allowed; the seed test split is not framed. Prints JSON.
 
-    python benchmarks/framed_validation.py runs/final20 [--data OTHER_BUNDLE/data.jsonl]
+``--attack FILE`` adds a third measurement: every validation instruction inside
+one of FILE's long persuasive framings (``benchmarks/data/attack_framings.json``,
+written for the project: emotional appeals, claimed authority, invented rules,
+false continuity ...; a stable one per instruction), closer to automated
+persuasion attacks than the short framings above.
+
+    python benchmarks/framed_validation.py runs/final20 [--data OTHER_BUNDLE/data.jsonl] [--attack FILE]
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from mogu.model import MoGUModel
-from mogu.train.augment import framed_copies
+from mogu.train.augment import frame, framed_copies
 from mogu.train.config import FramingConfig
-from mogu.train.data import load_records
+from mogu.train.data import Record, load_records, stable_fraction
 from mogu.train.pipeline import bundle_train_config
 from mogu.train.stages import router_decoding, routed_validation
 
@@ -30,6 +37,8 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--data", type=Path, help="take the validation instructions from this data.jsonl instead of "
                         "the bundle's own (to compare bundles trained on different data on one split)")
+    parser.add_argument("--attack", type=Path, help="also measure the validation instructions inside these long "
+                        "persuasive framings (a JSON object: name -> template with {request})")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = bundle_train_config(args.bundle)
@@ -37,10 +46,20 @@ def main() -> None:
     every = FramingConfig(train_fraction=0.0, val_fraction=1.0)
     framed = framed_copies(val, every)[len(val) :]  # one copy of every validation instruction
     model = MoGUModel.from_pretrained(args.bundle, dtype=config.dtype)  # its training setting
+    suites = {"plain": val, "framed": framed}
+    if args.attack:
+        suites["attack"] = attacked(val, json.loads(args.attack.read_text(encoding="utf-8")))
     decoding = router_decoding(config)
-    result = {name: routed_validation(model, records, decoding) for name, records in (("plain", val), ("framed", framed))}
-    result["n"] = {"plain": len(val), "framed": len(framed)}
+    result = {name: routed_validation(model, records, decoding) for name, records in suites.items()}
+    result["n"] = {name: len(records) for name, records in suites.items()}
     print(json.dumps(result, indent=2))
+
+
+def attacked(records: list[Record], framings: dict[str, str]) -> list[Record]:
+    """Each record inside one of ``framings``, chosen by a stable hash of its id."""
+    names = sorted(framings)
+    chosen = [names[int(stable_fraction(f"{r.id}~attack") * len(names))] for r in records]
+    return [replace(r, id=f"{r.id}~{name}", instruction=frame(framings[name], r.instruction)) for r, name in zip(records, chosen)]
 
 
 if __name__ == "__main__":

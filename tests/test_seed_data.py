@@ -322,6 +322,7 @@ def test_no_overlap_with_public_benchmarks(seed, bench_index):
 
 
 MORE_ROWS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "more_seed_rows.jsonl"
+ATTACK_FRAMINGS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "attack_framings.json"
 
 
 def test_more_seed_rows_fit_the_seed_data(tmp_path):
@@ -347,6 +348,19 @@ def test_framings_do_not_overlap_public_benchmarks(bench_index):
     from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame
 
     framings = {**TRAIN_FRAMINGS, **VAL_FRAMINGS}
+    problems = find_overlaps([(name, frame(t, "Zebras?")) for name, t in framings.items()], bench_index)
+    assert not problems, "\n".join(problems)
+
+
+def test_attack_framings_wrap_one_request_and_do_not_overlap_public_benchmarks(bench_index):
+    """benchmarks/data/attack_framings.json (framed_validation.py --attack) was written for the project."""
+    from mogu.train.augment import frame
+
+    framings = json.loads(ATTACK_FRAMINGS.read_text(encoding="utf-8"))
+    assert len(framings) >= 20
+    for name, template in framings.items():
+        assert template.count("{request}") == 1 and template.count("{") == 1, name
+        assert 60 <= len(template.split()) <= 170, name  # long: that is what they measure
     problems = find_overlaps([(name, frame(t, "Zebras?")) for name, t in framings.items()], bench_index)
     assert not problems, "\n".join(problems)
 
