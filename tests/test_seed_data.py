@@ -365,6 +365,30 @@ def test_attack_framings_wrap_one_request_and_do_not_overlap_public_benchmarks(b
     assert not problems, "\n".join(problems)
 
 
+def test_persuasive_training_framings_wrap_one_request_apart_from_the_validation_ones():
+    """The long persuasive training framings (framing.persuasive_fraction) were written for the project, apart
+    from the validation ones (framed_validation.py --attack)."""
+    from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame, persuasive_framings
+
+    framings = persuasive_framings()
+    validation = json.loads(ATTACK_FRAMINGS.read_text(encoding="utf-8"))
+    assert len(framings) >= 20 and not set(framings) & (set(validation) | set(TRAIN_FRAMINGS) | set(VAL_FRAMINGS))
+    for name, template in framings.items():
+        assert template.count("{request}") == 1 and template.count("{") == 1, name
+    index = BenchmarkIndex()
+    for name, template in validation.items():
+        index.add(frame(template, "Zebras?"), f"attack_framings.json:{name}")
+    problems = find_overlaps([(name, frame(t, "Zebras?")) for name, t in framings.items()], index.finish())
+    assert not problems, "\n".join(problems)
+
+
+def test_persuasive_training_framings_do_not_overlap_public_benchmarks(bench_index):
+    from mogu.train.augment import frame, persuasive_framings
+
+    problems = find_overlaps([(name, frame(t, "Zebras?")) for name, t in persuasive_framings().items()], bench_index)
+    assert not problems, "\n".join(problems)
+
+
 def test_overlap_check_catches_benchmark_lines(bench_index):
     """The leakage guard must be able to fail: copies, light edits and wrappers are all caught."""
     advbench = [t for t, s in zip(bench_index.texts, bench_index.source) if s == "advbench.csv"]

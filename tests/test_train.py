@@ -111,6 +111,24 @@ def test_framed_copies_keep_label_and_responses_and_never_touch_the_test_split()
     assert framed_copies(records, FramingConfig(train_fraction=0, val_fraction=0)) == records
 
 
+def test_persuasive_copies_are_added_to_training_instructions_only():
+    from mogu.train.augment import persuasive_framings
+
+    records = [replace(r, compliant=f"yes {r.id}", refusal=f"no {r.id}") for r in load_records()]
+    short = framed_copies(records, FramingConfig())
+    both = framed_copies(records, FramingConfig(persuasive_fraction=0.3))
+    assert both[: len(short)] == short  # the short framings' copies are drawn as before
+    extra = both[len(short) :]
+    persuasive = persuasive_framings()
+    by_id = {r.id: r for r in records}
+    for copy in extra:
+        source_id, name = copy.id.rsplit("~", 1)
+        assert copy.split == "train" and copy.instruction == frame(persuasive[name], by_id[source_id].instruction)
+        assert (copy.label, copy.compliant) == (by_id[source_id].label, by_id[source_id].compliant)
+    train = sum(r.split == "train" for r in records)
+    assert abs(len(extra) / train - 0.3) < 0.05 and len({c.id.rsplit("~", 1)[1] for c in extra}) == len(persuasive)
+
+
 def test_framing_continues_the_request_in_lower_case_except_i_and_acronyms():
     persona = TRAIN_FRAMINGS["persona"]
     assert frame(persona, "How do I bake bread?").endswith("Max, how do I bake bread?")

@@ -17,7 +17,9 @@ split is never framed (its targets are about plain instructions).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 from mogu.train.config import FramingConfig
 from mogu.train.data import Record, stable_fraction
@@ -63,19 +65,29 @@ def frame(template: str, instruction: str) -> str:
     return template.format(request=request, lower=_lower_first(request))
 
 
+def persuasive_framings() -> dict[str, str]:
+    """The long persuasive training framings (``data/persuasive_framings.json``, written for the project)."""
+    return json.loads((Path(__file__).resolve().parents[1] / "data" / "persuasive_framings.json").read_text(encoding="utf-8"))
+
+
 def framed_copies(records: list[Record], framing: FramingConfig) -> list[Record]:
     """``records`` plus framed copies of a stable ``framing.train_fraction`` of the training instructions
-    (training framings) and of a stable ``framing.val_fraction`` of the validation ones (validation framings).
-    A copy keeps the label, category, split and responses; its id is ``"{id}~{framing}"``. Test records are
-    never framed.
+    (training framings) and of a stable ``framing.val_fraction`` of the validation ones (validation framings),
+    and further copies of a stable ``framing.persuasive_fraction`` of the training instructions (persuasive
+    framings). A copy keeps the label, category, split and responses; its id is ``"{id}~{framing}"``. Test
+    records are never framed.
     """
-    by_split = {"train": (framing.train_fraction, sorted(TRAIN_FRAMINGS.items())),
-                "val": (framing.val_fraction, sorted(VAL_FRAMINGS.items()))}
+    families = [("frame", {"train": (framing.train_fraction, sorted(TRAIN_FRAMINGS.items())),
+                           "val": (framing.val_fraction, sorted(VAL_FRAMINGS.items()))})]
+    if framing.persuasive_fraction > 0:
+        families.append(("persuade", {"train": (framing.persuasive_fraction, sorted(persuasive_framings().items()))}))
     copies: list[Record] = []
-    for record in records:
-        fraction, templates = by_split.get(record.split, (0.0, []))
-        if stable_fraction(record.id + "~frame") >= fraction:
-            continue
-        name, template = templates[int(stable_fraction(record.id + "~which") * len(templates)) % len(templates)]
-        copies.append(replace(record, id=f"{record.id}~{name}", instruction=frame(template, record.instruction)))
+    for key, by_split in families:
+        for record in records:
+            fraction, templates = by_split.get(record.split, (0.0, []))
+            if stable_fraction(f"{record.id}~{key}") >= fraction:
+                continue
+            which = "~which" if key == "frame" else f"~which-{key}"  # "~which": the draws of every earlier bundle
+            name, template = templates[int(stable_fraction(record.id + which) * len(templates)) % len(templates)]
+            copies.append(replace(record, id=f"{record.id}~{name}", instruction=frame(template, record.instruction)))
     return records + copies

@@ -137,6 +137,11 @@ class FramingConfig(StrictModel):
         "never trained on); validation selects checkpoints and the calibration shift, so it measures framed "
         "requests too"
     )
+    persuasive_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of the training instructions that gain a further copy in one of the "
+        "long persuasive framings (data/persuasive_framings.json, 60-110 words); such prompts need max_length "
+        "about 320 (docs/TRAINING.md, 'Long persuasive framings')"
+    )
 
 
 class TrainConfig(StrictModel):
