@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from mogu.model import MoGUModel
-from mogu.train.augment import frame, framed_copies
+from mogu.train.augment import framed_copies, framed_copy
 from mogu.train.config import FramingConfig
-from mogu.train.data import Record, load_records, stable_fraction
+from mogu.train.data import Record, load_records
 from mogu.train.pipeline import bundle_train_config
 from mogu.train.stages import router_decoding, routed_validation
 
@@ -57,9 +56,7 @@ def main() -> None:
 
 def attacked(records: list[Record], framings: dict[str, str]) -> list[Record]:
     """Each record inside one of ``framings``, chosen by a stable hash of its id."""
-    names = sorted(framings)
-    chosen = [names[int(stable_fraction(f"{r.id}~attack") * len(names))] for r in records]
-    return [replace(r, id=f"{r.id}~{name}", instruction=frame(framings[name], r.instruction)) for r, name in zip(records, chosen)]
+    return [framed_copy(r, sorted(framings.items()), "~attack") for r in records]
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Gates (``return_gates``): for routed token ``i`` and each routed layer, the
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import queue
@@ -255,22 +256,12 @@ def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.T
     inputs = {"input_ids": head, "attention_mask": head_mask, "use_cache": True}
     if "position_ids" in _forward_parameters(type(model.base_model)):
         inputs["position_ids"] = position_ids(head_mask)
-    reading: dict[int, torch.Tensor] = {}
-
-    def grab(layer_index: int):
-        return lambda _module, args: reading.__setitem__(layer_index, args[0][:, -1])
-
-    hooks = [layer.register_forward_pre_hook(grab(layer.layer_index)) for layer in model.layers] if first_decision else []
-    try:
-        with model.mode("base"), torch.no_grad():
-            cache = cache_of(model.base_model, model.base_model(**inputs))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    if not first_decision:
-        return cache
-    with torch.no_grad():
-        model.state.first = model.reader(torch.cat([reading[i] for i in model.config.layers], dim=-1))
+    reading = model.routed_inputs(lambda h: h[:, -1]) if first_decision else contextlib.nullcontext()
+    with reading as last_token, model.mode("base"), torch.no_grad():
+        cache = cache_of(model.base_model, model.base_model(**inputs))
+        if not first_decision:
+            return cache
+        model.state.first = model.reader(torch.cat([last_token[i][0] for i in model.config.layers], dim=-1))
     if width < 2:
         return None  # a one-token prompt: the routed phase reads it whole
     cache.crop(-1)  # negative: that many tokens off the end (transformers 4 and 5 alike)
@@ -309,7 +300,8 @@ def generate(
         routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
         routed_config.return_dict_in_generate = True
         # the reader's gates hold for the first routed forward only
-        clear_first = model.base_model.register_forward_hook(lambda *_: setattr(model.state, "first", None))
+        clear_first = (model.base_model.register_forward_hook(lambda *_: setattr(model.state, "first", None))
+                       if first_decision else None)
         try:
             with model.mode(decoding.mode, decoding.fixed), torch.no_grad():
                 out = model.base_model.generate(
@@ -322,7 +314,8 @@ def generate(
                 )
         finally:
             model.state.trace = model.state.first = None
-            clear_first.remove()
+            if clear_first is not None:
+                clear_first.remove()
         if trace:
             gates = torch.stack([torch.stack(trace[i], dim=1) for i in model.config.layers], dim=2).float().cpu()
         input_ids, cache = out.sequences, cache_of(model.base_model, out)

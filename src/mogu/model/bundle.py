@@ -20,7 +20,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -310,6 +310,22 @@ class MoGUModel(nn.Module):
             yield
         finally:
             self.state.mode, self.state.fixed, self.state.record, self.state.routed = previous
+
+    @contextlib.contextmanager
+    def routed_inputs(self, pick: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[dict[int, list[torch.Tensor]]]:
+        """While open, ``pick(h)`` of the input ``h`` of every routed projection, per forward, by layer index:
+        what the routers read, for the probes and the first decision's reader."""
+        captured: dict[int, list[torch.Tensor]] = {layer.layer_index: [] for layer in self.layers}
+
+        def hook(layer_index: int):
+            return lambda _module, args: captured[layer_index].append(pick(args[0]))
+
+        handles = [layer.register_forward_pre_hook(hook(layer.layer_index)) for layer in self.layers]
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def gates(self) -> torch.Tensor:
         """Gate weights of the last recorded forward: (layers, batch, seq, 2), [..., 0] unwill, [..., 1] glad."""

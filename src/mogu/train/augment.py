@@ -17,9 +17,9 @@ split is never framed (its targets are about plain instructions).
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from dataclasses import replace
-from pathlib import Path
 
 from mogu.train.config import FramingConfig
 from mogu.train.data import Record, stable_fraction
@@ -66,8 +66,15 @@ def frame(template: str, instruction: str) -> str:
 
 
 def persuasive_framings() -> dict[str, str]:
-    """The long persuasive training framings (``data/persuasive_framings.json``, written for the project)."""
-    return json.loads((Path(__file__).resolve().parents[1] / "data" / "persuasive_framings.json").read_text(encoding="utf-8"))
+    """The long persuasive training framings (``mogu/data/persuasive_framings.json``, written for the project)."""
+    return json.loads((importlib.resources.files("mogu.data") / "persuasive_framings.json").read_text(encoding="utf-8"))
+
+
+def framed_copy(record: Record, templates: list[tuple[str, str]], draw: str) -> Record:
+    """``record`` inside one of ``templates`` (name, template), chosen by a stable hash of its id and ``draw``;
+    the copy's id is ``"{id}~{name}"``."""
+    name, template = templates[int(stable_fraction(record.id + draw) * len(templates)) % len(templates)]  # 1.0 wraps
+    return replace(record, id=f"{record.id}~{name}", instruction=frame(template, record.instruction))
 
 
 def framed_copies(records: list[Record], framing: FramingConfig) -> list[Record]:
@@ -88,6 +95,5 @@ def framed_copies(records: list[Record], framing: FramingConfig) -> list[Record]
             if stable_fraction(f"{record.id}~{key}") >= fraction:
                 continue
             which = "~which" if key == "frame" else f"~which-{key}"  # "~which": the draws of every earlier bundle
-            name, template = templates[int(stable_fraction(record.id + which) * len(templates)) % len(templates)]
-            copies.append(replace(record, id=f"{record.id}~{name}", instruction=frame(template, record.instruction)))
+            copies.append(framed_copy(record, templates, which))
     return records + copies

@@ -45,41 +45,32 @@ def collect_router_inputs(
     ``mode``: ``mogu`` with the routers as they are (fresh routers give
     weights 0.5), ``base`` for what the routers of an expert-free model see.
     """
-    captured: dict[int, list[torch.Tensor]] = {layer.layer_index: [] for layer in model.layers}
     current: dict[str, torch.Tensor] = {}
-
-    def hook(layer_index: int):
-        def grab(_module, args):
-            captured[layer_index].append(args[0][current["rows"], current["cols"]].detach().float().cpu())
-
-        return grab
-
-    handles = [layer.register_forward_pre_hook(hook(layer.layer_index)) for layer in model.layers]
     labels = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                # decision positions: the last prompt token up to the second-last response token; the
-                # model is causal, so the response beyond the wanted positions need not be run (the
-                # n-th response token is kept as a label: the labels mark the decision positions)
-                counts = [min(positions, len(pair.response)) for pair, _ in chunk]
-                batch = collate([Pair(pair.prompt, pair.response[:n]) for (pair, _), n in zip(chunk, counts)],
-                                model.tokenizer.pad_token_id)
-                rows, cols = [], []
-                for row, ((pair, benign), n) in enumerate(zip(chunk, counts)):
-                    first = len(pair.prompt) - 1  # the last prompt token chooses the first response token
-                    rows += [row] * n
-                    cols += range(first, first + n)
-                    labels += [benign] * n
-                current["rows"], current["cols"] = torch.tensor(rows), torch.tensor(cols)
-                labels_of_batch = batch.pop("labels")
-                # the decoder stack only: the vocabulary projection would be wasted work
-                with model.mode(mode, labels=labels_of_batch):
-                    model.base_model.base_model(**{k: v.to(model.device) for k, v in batch.items()})
-    finally:
-        for handle in handles:
-            handle.remove()
+
+    def pick(h: torch.Tensor) -> torch.Tensor:
+        return h[current["rows"], current["cols"]].detach().float().cpu()
+
+    with model.routed_inputs(pick) as captured, torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            # decision positions: the last prompt token up to the second-last response token; the
+            # model is causal, so the response beyond the wanted positions need not be run (the
+            # n-th response token is kept as a label: the labels mark the decision positions)
+            counts = [min(positions, len(pair.response)) for pair, _ in chunk]
+            batch = collate([Pair(pair.prompt, pair.response[:n]) for (pair, _), n in zip(chunk, counts)],
+                            model.tokenizer.pad_token_id)
+            rows, cols = [], []
+            for row, ((pair, benign), n) in enumerate(zip(chunk, counts)):
+                first = len(pair.prompt) - 1  # the last prompt token chooses the first response token
+                rows += [row] * n
+                cols += range(first, first + n)
+                labels += [benign] * n
+            current["rows"], current["cols"] = torch.tensor(rows), torch.tensor(cols)
+            labels_of_batch = batch.pop("labels")
+            # the decoder stack only: the vocabulary projection would be wasted work
+            with model.mode(mode, labels=labels_of_batch):
+                model.base_model.base_model(**{k: v.to(model.device) for k, v in batch.items()})
     return {k: torch.cat(v) for k, v in captured.items()}, torch.tensor(labels, dtype=torch.float32)
 
 
