@@ -139,7 +139,7 @@ class FramingConfig(StrictModel):
     )
     persuasive_fraction: float = Field(
         0.0, ge=0, le=1, description="share of the training instructions that gain a further copy in one of the "
-        "long persuasive framings (data/persuasive_framings.json, 60-110 words); such prompts need max_length "
+        "long persuasive framings (data/persuasive_framings.json, 88-108 words); such prompts need max_length "
         "about 320 (docs/TRAINING.md, 'Long persuasive framings')"
     )
 
