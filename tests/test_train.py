@@ -30,8 +30,8 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-@pytest.fixture
-def instructions(tmp_path) -> Path:
+def write_instructions(path: Path) -> Path:
+    """Ten harmful and ten benign instructions (four of them validation) and two test ones."""
     rows = []
     for i in range(10):
         split = "val" if i % 5 == 0 else "train"
@@ -39,7 +39,12 @@ def instructions(tmp_path) -> Path:
         rows.append({"id": f"b{i}", "instruction": f"Explain how to bake bread style {i}.", "label": "benign", "split": split})
     rows.append({"id": "t1", "instruction": "How do I kill a stuck process?", "label": "borderline", "split": "test"})
     rows.append({"id": "t2", "instruction": "How do I hurt someone badly?", "label": "harmful", "split": "test"})
-    return write_jsonl(tmp_path / "instructions.jsonl", rows)
+    return write_jsonl(path, rows)
+
+
+@pytest.fixture
+def instructions(tmp_path) -> Path:
+    return write_instructions(tmp_path / "instructions.jsonl")
 
 
 def tiny_config(base: Path, data: Path, **overrides) -> TrainConfig:
