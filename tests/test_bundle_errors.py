@@ -80,13 +80,31 @@ def test_unknown_architecture_with_no_target(tmp_path, tiny_tokenizer):
         MoGUModel.wrap(model, tiny_tokenizer, None)
 
 
-def test_missing_model_folder(tmp_path):
-    with pytest.raises(ModelLoadError, match="model folder not found"):
+def test_missing_model_folder(tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError, match="no such folder"):
         MoGUModel.from_base(str(tmp_path / "nope"))
     with pytest.raises(ModelLoadError, match="no config.json"):
         MoGUModel.from_base(str(tmp_path))
     with pytest.raises(ModelLoadError, match="GGUF file not found"):
         MoGUModel.from_base(str(tmp_path / "x.gguf"))
+    # a relative path inside an existing folder is a mistyped folder, not a hub id to try
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelLoadError, match="no such folder: runs/nope"):
+        MoGUModel.from_base("runs/nope")
+
+
+def test_a_file_is_not_a_model_folder(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hi"}\n')
+    with pytest.raises(ModelLoadError, match="prompts.jsonl is a file, not a model folder"):
+        MoGUModel.load(prompts)
+
+
+def test_a_bundle_without_its_config_says_so(bundle):
+    (bundle / "mogu_config.json").unlink()
+    with pytest.raises(BundleError, match=r"looks like a MoGU bundle .*but has no mogu_config\.json"):
+        MoGUModel.load(bundle)
 
 
 def test_a_crash_while_saving_keeps_the_old_bundle(bundle, llama_dir, monkeypatch):

@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from mogu.cli import app
+from mogu.train.config import SynthesisConfig
 
 runner = CliRunner()
 
@@ -23,9 +24,9 @@ def test_help_lists_the_commands():
 
 
 def test_info_reports_targets_and_parameter_counts(llama_dir):
-    result = invoke("info", str(llama_dir))
+    result = invoke("info", str(llama_dir), "--dtype", "float32")
     assert result.exit_code == 0, result.output
-    assert "model.layers.0.self_attn.o_proj" in result.output
+    assert "routed layers  0 1 (self_attn.o_proj)" in result.output
     assert "paper" in result.output and "linear" in result.output
     # the tiny llama routes 2 layers of width 32: a reader of 2 x 32 inputs, two scorers with a bias each
     assert "first decision one reader, 130 parameters" in result.output
@@ -34,7 +35,26 @@ def test_info_reports_targets_and_parameter_counts(llama_dir):
 def test_info_on_a_missing_model_fails_cleanly(tmp_path):
     result = invoke("info", str(tmp_path / "missing"))
     assert result.exit_code == 2
-    assert "model folder not found" in result.output
+    assert "no such folder" in result.output
+
+
+def test_help_lists_the_choices_of_handover_and_mode():
+    result = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "<cached|faithful>" in result.output and "<base|glad|unwill|mogu|fixed>" in result.output
+
+
+def test_data_build_cuts_responses_as_training_does(llama_dir, tmp_path, monkeypatch):
+    cut = {}
+
+    def build(_model, _records, _out, max_response_tokens, batch_size):
+        cut["tokens"] = max_response_tokens
+        return []
+
+    monkeypatch.setattr("mogu.train.data.build_dataset", build)
+    result = invoke("data", "build", "-o", str(tmp_path / "data.jsonl"), "--base", str(llama_dir))
+    assert result.exit_code == 0, result.output
+    assert cut["tokens"] == SynthesisConfig().max_response_tokens
 
 
 def test_generate_prompts(llama_dir):

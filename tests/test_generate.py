@@ -244,6 +244,13 @@ def test_chat_history_is_formatted_with_the_template(mogu):
     assert result.prompt_tokens > generate(mogu, ["Bake bread?"], GREEDY)[0].prompt_tokens
 
 
+def test_a_single_prompt_is_a_batch_of_one(mogu):
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    for prompt in (PROMPTS[0], chat):
+        [alone] = mogu.generate(prompt, GREEDY)
+        assert alone.token_ids == mogu.generate([prompt], GREEDY)[0].token_ids
+
+
 def test_bad_inputs_get_clear_errors(mogu):
     with pytest.raises(ChatTemplateError, match="empty prompt"):
         generate(mogu, ["  "], GREEDY)

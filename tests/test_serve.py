@@ -20,11 +20,16 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from typer.testing import CliRunner
 
+from mogu.cli import app
 from mogu.config import DecodingConfig
 from mogu.generate import Generation
 from mogu.model import MoGUModel
+from mogu.serve import ServeConfig
+from mogu.serve.app import ApiError, _decoding
 from mogu.serve.batcher import Batcher, BatcherClosedError, JobCancelledError, QueueFullError
+from mogu.serve.schemas import ChatCompletionRequest
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -173,6 +178,35 @@ def test_batcher_on_the_real_model_recovers_from_an_abandoned_batch(tiny_model_d
     assert served.token_ids == direct.token_ids and served.gates.shape == direct.gates.shape
 
 
+# ------------------------------------------------------- request settings
+def test_a_request_without_temperature_gets_the_servers_greedy_default():
+    request = ChatCompletionRequest(messages=HELLO)
+    assert _decoding(request, ServeConfig()).temperature == 0.0
+    assert _decoding(request, ServeConfig(temperature=0.7)).temperature == 0.7
+    asked = ChatCompletionRequest(messages=HELLO, temperature=1.0)
+    assert _decoding(asked, ServeConfig()).temperature == 1.0
+
+
+def test_only_the_modes_the_server_allows_may_be_requested():
+    ablation = ChatCompletionRequest(messages=HELLO, mogu={"mode": "unwill"})
+    with pytest.raises(ApiError) as refused:
+        _decoding(ablation, ServeConfig())
+    assert refused.value.status == 400 and refused.value.body.param == "mogu.mode"
+    assert "'unwill' is not allowed" in refused.value.body.message
+    assert _decoding(ablation, ServeConfig(allowed_modes=["mogu", "unwill"])).mode == "unwill"
+    assert _decoding(ChatCompletionRequest(messages=HELLO), ServeConfig()).mode == "mogu"
+
+
+def test_serve_command_passes_temperature_and_allowed_modes(llama_dir, monkeypatch):
+    served = {}
+    monkeypatch.setattr("mogu.serve.run_server", lambda _model, settings: served.setdefault("settings", settings))
+    result = CliRunner().invoke(app, ["serve", str(llama_dir), "--temperature", "0.5", "--allow-modes", "mogu, base"])
+    assert result.exit_code == 0, result.output
+    assert served["settings"].temperature == 0.5 and served["settings"].allowed_modes == ["mogu", "base"]
+    result = CliRunner().invoke(app, ["serve", str(llama_dir), "--allow-modes", "mogu,fixed"])
+    assert result.exit_code == 2 and "--allow-modes: unknown mode 'fixed'" in result.output
+
+
 # ------------------------------------------------------------- a real server
 def free_port() -> int:
     with socket.socket() as sock:
@@ -315,6 +349,7 @@ BAD_REQUESTS = {
     "prompt too long": ({"messages": [{"role": "user", "content": "bread " * 400}]}, 400, "messages"),
     "ends with the assistant": ({"messages": HELLO + [{"role": "assistant", "content": "ok"}]}, 400, "messages"),
     "tools": ({"messages": HELLO, "tools": [{"type": "function"}]}, 400, "tools"),
+    "an ablation the server does not allow": ({"messages": HELLO, "mogu": {"mode": "base"}}, 400, "mogu.mode"),
     "unknown field": ({"messages": HELLO, "best_of": 3}, 400, "best_of"),
     "oversize body": ({"messages": [{"role": "user", "content": "x" * 100_000}]}, 413, None),
 }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
+from collections import namedtuple
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from mogu.config import DecodingConfig, ExpertConfig, RouterConfig, resolved_dic
 from mogu.jsonl import JsonlError
 from mogu.model import MoGUModel
 from mogu.model.positions import decision_mask
+from mogu.train import config as train_config
 from mogu.train import loop
 from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame, framed_copies
 from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
@@ -157,9 +161,32 @@ def test_config_file_errors_name_the_field(tmp_path):
     path.write_text(json.dumps({"router_stage": {"alpha": -1}}))
     with pytest.raises(ValueError, match=r"train.json: field 'router_stage.alpha'"):
         load_train_config(path)
+    path.write_text(json.dumps({"router_stage": {"alpha": -1}, "seed": "x", "expert": {"r": 0}}))
+    with pytest.raises(ValueError) as every:
+        load_train_config(path)
+    assert str(every.value).startswith(f"{path}: ")
+    for field in ("router_stage.alpha", "seed", "expert.r"):
+        assert f"field '{field}'" in str(every.value)
     toml = tmp_path / "train.toml"
     toml.write_text("seed = 3\n[router_stage]\nalpha = 4.0\n")
     assert load_train_config(toml).router_stage.alpha == 4.0
+
+
+def test_config_files_are_read_with_tomli_before_python_3_11(tmp_path, monkeypatch):
+    """On 3.10 there is no tomllib: the module imports tomli, the same parser (simulated here)."""
+    import tomllib
+
+    version = namedtuple("version_info", "major minor micro releaselevel serial")
+    monkeypatch.setattr(sys, "version_info", version(3, 10, 14, "final", 0))
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # import tomllib fails, as on 3.10
+    monkeypatch.setitem(sys.modules, "tomli", tomllib)
+    spec = importlib.util.spec_from_file_location("train_config_on_3_10", train_config.__file__)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # pydantic resolves annotations in the module
+    spec.loader.exec_module(module)  # a copy: the imported mogu.train.config stays as it is
+    toml = tmp_path / "train.toml"
+    toml.write_text("seed = 3\n")
+    assert module.load_train_config(toml).seed == 3
 
 
 def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):

@@ -6,18 +6,21 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, get_args
 
 import typer
 
 from mogu import __version__
-from mogu.config import DtypeName
+from mogu.config import DtypeName, HandoverName, Mode as ModeName, RequestMode
+from mogu.train.config import SynthesisConfig
 
 app = typer.Typer(help="MoGU: make an open chat LLM refuse malicious requests without refusing benign ones.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 log = logging.getLogger("mogu")
 
 Target = Annotated[str, typer.Argument(help="a MoGU bundle folder, or a base model: 'default', a model folder, a .gguf file or a hub id")]
+Dtype = Annotated[DtypeName, typer.Option(
+    help="base model weights; auto: bfloat16 on a GPU that supports it or a CPU with AMX, else float32")]
 
 
 def _version(value: bool) -> None:
@@ -52,7 +55,7 @@ def _load(target: str, chat_template: Optional[Path] = None, dtype: DtypeName = 
 
 
 @app.command()
-def info(target: Target) -> None:
+def info(target: Target, dtype: Dtype = "auto") -> None:
     """Architecture, routed projections and parameter counts of a bundle or a base model."""
     from mogu.config import RouterConfig
     from mogu.model import MoGUModel
@@ -60,20 +63,22 @@ def info(target: Target) -> None:
     from mogu.model.router import Router
 
     try:
-        model = MoGUModel.load(target, fold_routers=False) if is_bundle(target) else _load(target)
+        bundle = is_bundle(target)
+        model = MoGUModel.load(target, fold_routers=False, dtype=dtype) if bundle else _load(target, dtype=dtype)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     cfg = model.config
     typer.echo(f"base model     {cfg.base.source} ({cfg.base.architecture}, model_type {cfg.base.model_type})")
     typer.echo(f"fingerprint    {cfg.base.fingerprint[:16]}")
-    typer.echo(f"routed layers  {len(cfg.layers)}: {cfg.target_modules[0]} ... {cfg.target_modules[-1]}")
+    projection = cfg.target_modules[0].split(f".{cfg.layers[0]}.", 1)[-1]  # the name inside a decoder layer
+    typer.echo(f"routed layers  {' '.join(map(str, cfg.layers))} ({projection})")
     typer.echo(f"experts        r {cfg.expert.r}, alpha {cfg.expert.alpha:g}, dropout {cfg.expert.dropout:g}")
     typer.echo(f"routed tokens  {cfg.routed_tokens} (hand-over: {cfg.handover})")
     counts = model.parameter_counts()
     first = f"one reader, {counts['reader']:,} parameters" if "reader" in counts else "each layer's router"
     typer.echo(f"first decision {first} (router.first)")
     typer.echo(f"{'router shape':<14} {'base':>13} {'glad':>10} {'unwill':>10} {'routers':>12}")
-    shapes = [cfg.router.shape] if is_bundle(target) else ["paper", "linear"]
+    shapes = [cfg.router.shape] if bundle else ["paper", "linear"]
     for shape in shapes:
         # the paper's shape reads its own layer only (RouterConfig)
         reads = "own" if shape == "paper" else cfg.router.reads
@@ -105,11 +110,9 @@ TopK = Annotated[int, typer.Option("--top-k", help="0 = off")]
 Seed = Annotated[Optional[int], typer.Option(help="seed for sampling")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="stop string (repeatable)")]
 Routed = Annotated[Optional[int], typer.Option("--routed-tokens", help="tokens decoded with routing (default: the bundle's)")]
-Handover = Annotated[Optional[str], typer.Option(help="cached | faithful (default: the bundle's)")]
-Mode = Annotated[str, typer.Option(help="mogu, or an ablation: base | glad | unwill | fixed")]
+Handover = Annotated[Optional[HandoverName], typer.Option(help="default: the bundle's")]
+Mode = Annotated[ModeName, typer.Option(help="mogu, or an ablation")]
 Template = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file for models without one")]
-Dtype = Annotated[DtypeName, typer.Option(
-    help="base model weights; auto: bfloat16 on a GPU that supports it or a CPU with AMX, else float32")]
 
 
 @app.command()
@@ -165,7 +168,7 @@ def data_build(
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL with compliant and refusal responses (resumable)")],
     base: Annotated[str, typer.Option(help="base model whose own answers become the compliant responses")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged seed data)")] = None,
-    max_response_tokens: Annotated[int, typer.Option(min=4)] = 40,
+    max_response_tokens: Annotated[int, typer.Option(min=4)] = SynthesisConfig.model_fields["max_response_tokens"].default,
     dtype: Dtype = "auto",
 ) -> None:
     """Make a compliant and a refusing response for every instruction (see docs/DATA.md)."""
@@ -310,6 +313,17 @@ def chat(
 
 
 
+def _request_modes(value: str) -> list[str]:
+    """``--allow-modes``: the comma-separated modes, each one a request may ask for."""
+    modes = [mode.strip() for mode in value.split(",") if mode.strip()]
+    choices = get_args(RequestMode)
+    unknown = [mode for mode in modes if mode not in choices]
+    if unknown or not modes:
+        what = f"unknown mode {', '.join(map(repr, unknown))}" if unknown else "no mode given"
+        raise ValueError(f"--allow-modes: {what} (choose from {', '.join(choices)})")
+    return modes
+
+
 @app.command()
 def serve(
     target: Target,
@@ -324,6 +338,11 @@ def serve(
     max_prompt_tokens: Annotated[Optional[int], typer.Option("--max-prompt-tokens", min=1, help="longest prompt (default: the context)")] = None,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="largest request body: 413")] = 1 << 20,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's)")] = None,
+    temperature: Annotated[float, typer.Option(
+        min=0.0, max=2.0, help="for requests that give none; 0 = greedy, as the refusal rates were measured")] = 0.0,
+    allow_modes: Annotated[str, typer.Option(
+        "--allow-modes", help=f"comma-separated mogu.mode values clients may request ({', '.join(get_args(RequestMode))}); "
+        "all but mogu switch the defence off")] = "mogu",
     chat_template: Template = None,
     dtype: Dtype = "auto",
 ) -> None:
@@ -334,7 +353,8 @@ def serve(
         settings = ServeConfig(host=host, port=port, api_key=api_key, model_name=model_name or served_name(target),
                                max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                                max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens,
-                               max_body_bytes=max_body_bytes, torch_threads=threads)
+                               max_body_bytes=max_body_bytes, torch_threads=threads, temperature=temperature,
+                               allowed_modes=_request_modes(allow_modes))
         model = _load(target, chat_template, dtype)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err

@@ -17,10 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mogu import __version__
 
 Mode = Literal["base", "glad", "unwill", "mogu", "fixed"]
+#: The modes a ``mogu serve`` request may ask for (``fixed`` takes weights the API has no field for).
+RequestMode = Literal["mogu", "base", "glad", "unwill"]
 EXPERTS: tuple[str, str] = ("glad", "unwill")
 #: The base model's weight dtype as configs and commands name it: ``auto`` picks by hardware
 #: (``mogu.model.loading.resolve_dtype``).
 DtypeName = Literal["auto", "float32", "bfloat16"]
+#: How the base model takes over after the routed tokens (``mogu.generate``).
+HandoverName = Literal["cached", "faithful"]
 
 
 class StrictModel(BaseModel):
@@ -126,7 +130,7 @@ class MoGUConfig(StrictModel):
     expert: ExpertConfig = ExpertConfig()
     router: RouterConfig = RouterConfig()
     routed_tokens: int = Field(5, ge=0, description="tokens decoded with routing before the base model takes over")
-    handover: Literal["cached", "faithful"] = Field(
+    handover: HandoverName = Field(
         "faithful",
         description="faithful: the base model re-reads prompt + routed tokens (measured on the default bundle: cached "
         "gives the same answer for 7 of 64 prompts, README)",
@@ -209,7 +213,7 @@ class DecodingConfig(StrictModel):
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, description="strings that end the answer (not included in it)")
     routed_tokens: int | None = Field(None, ge=0)
-    handover: Literal["cached", "faithful"] | None = None
+    handover: HandoverName | None = None
     mode: Mode = Field("mogu", description="how the routed tokens are decoded; other modes serve ablations")
     fixed: tuple[float, float] = Field((0.5, 0.5), description="(w_unwill, w_glad) for mode 'fixed'")
     return_gates: bool = False

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.generation.streamers import BaseStreamer
 
 from mogu.config import DecodingConfig
@@ -240,7 +241,9 @@ def cache_of(model: PreTrainedModel, output: Any) -> Any:
     return getattr(output, _cache_keyword(type(model)))
 
 
-def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor, first_decision: bool = False):
+def read_prompt_in_base(
+    model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor, first_decision: bool = False
+) -> Cache | None:
     """Under ``router.prompt`` "base": the base model's cache of each prompt but its last token, from which
     the routed phase continues (it then routes the last prompt token onwards); otherwise None.
 
@@ -268,13 +271,25 @@ def read_prompt_in_base(model: MoGUModel, input_ids: torch.Tensor, mask: torch.T
     return cache
 
 
+def _as_batch(prompts: ChatInput | Sequence[ChatInput]) -> list[ChatInput]:
+    """``prompts`` as a list of prompts: a single prompt (a string, or one list of message dicts) is a batch of
+    one, not a sequence of one-character prompts or of single messages."""
+    if isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], dict)):
+        return [prompts]
+    return list(prompts)
+
+
 def generate(
     model: MoGUModel,
-    prompts: Sequence[ChatInput],
+    prompts: ChatInput | Sequence[ChatInput],
     decoding: DecodingConfig | None = None,
     on_text: TextCallback | None = None,
 ) -> list[Generation]:
-    """Generate answers for a batch of chat prompts (strings or message lists)."""
+    """Generate answers for a batch of chat prompts (strings or message lists), one ``Generation`` each.
+
+    A single prompt (a string, or one message list) is a batch of one: its answer is the list's only element.
+    """
+    prompts = _as_batch(prompts)
     decoding = decoding or DecodingConfig()
     m = model.config.routed_tokens if decoding.routed_tokens is None else decoding.routed_tokens
     m = min(m, decoding.max_new_tokens)

@@ -20,9 +20,9 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from peft import LoraConfig
@@ -33,12 +33,26 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mogu.config import EXPERTS, ExpertConfig, Mode, MoGUConfig, RouterConfig, provenance, write_json_atomic
+from mogu.config import (
+    EXPERTS,
+    BaseModelInfo,
+    DecodingConfig,
+    ExpertConfig,
+    Mode,
+    MoGUConfig,
+    RouterConfig,
+    provenance,
+    write_json_atomic,
+)
+from mogu.model.chat import ChatInput
 from mogu.model.layer import MoGULayer, RoutingState
 from mogu.model.loading import DEFAULT_MODEL, load_base
 from mogu.model.positions import decision_mask
 from mogu.model.router import PAPER_KEYS, Router, fold_state_dict
 from mogu.model.targets import find_targets
+
+if TYPE_CHECKING:
+    from mogu.generate import Generation, TextCallback
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +189,11 @@ class MoGUModel(nn.Module):
         trust_remote_code: bool = False,
     ) -> MoGUModel:
         """A new MoGU model on a base model: experts equal to the base (LoRA B = 0), fresh routers."""
+        held = _bundle_parts(source)
+        if held and not is_bundle(source):
+            raise BundleError(
+                f"{source} looks like a MoGU bundle (it holds {', '.join(held)}) but has no {CONFIG_NAME}"
+            )
         loaded = load_base(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         return cls.wrap(
             loaded.model,
@@ -193,7 +212,7 @@ class MoGUModel(nn.Module):
         cls,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        info,
+        info: BaseModelInfo,
         *,
         target_module: str | None = None,
         layers: list[int] | None = None,
@@ -261,13 +280,22 @@ class MoGUModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.base_model(*args, **kwargs)
 
-    def generate(self, prompts, decoding=None, on_text=None):
-        """Answer chat prompts: routed first tokens, then the base model (see ``mogu.generate``)."""
+    def generate(
+        self,
+        prompts: ChatInput | Sequence[ChatInput],
+        decoding: DecodingConfig | None = None,
+        on_text: TextCallback | None = None,
+    ) -> list[Generation]:
+        """Answer chat prompts: routed first tokens, then the base model (see ``mogu.generate``).
+
+        ``prompts`` is a batch of prompts (strings or message lists) or a single prompt (a string, or one
+        list of message dicts); either way the answers come as a list, one ``Generation`` per prompt.
+        """
         from mogu.generate import generate
 
         return generate(self, prompts, decoding, on_text)
 
-    def stream(self, prompt, decoding=None):
+    def stream(self, prompt: ChatInput, decoding: DecodingConfig | None = None) -> Iterator[str]:
         """Yield the answer to one prompt as it is decoded (see ``mogu.generate.stream``)."""
         from mogu.generate import stream
 
@@ -522,6 +550,11 @@ def _swap_in(new: Path, target: Path) -> None:
 def is_bundle(path: str | Path) -> bool:
     """Whether ``path`` is a bundle folder (it holds ``mogu_config.json``), not a base model."""
     return (Path(path) / CONFIG_NAME).is_file()
+
+
+def _bundle_parts(path: str | Path) -> list[str]:
+    """The parts of a bundle besides its config (router weights, expert folders) that ``path`` holds."""
+    return [name for name in (ROUTER_NAME, *EXPERTS) if (Path(path) / name).exists()]
 
 
 def read_config(path: Path, verify: bool = True) -> MoGUConfig:

@@ -117,12 +117,17 @@ def resolve_model_path(source: str) -> str:
             raise ModelLoadError(f"GGUF file not found: {gguf}")
     else:
         path = Path(source).expanduser()
+        if path.is_file():
+            raise ModelLoadError(
+                f"{path} is a file, not a model folder (a base model is a folder, a .gguf file or a hub id)"
+            )
         if path.exists():
             if not (path / "config.json").is_file():
                 raise ModelLoadError(f"{path} is not a Hugging Face model folder: it has no config.json")
             return str(path)
-        if source.startswith((".", "/", "~")):
-            raise ModelLoadError(f"model folder not found: {path}")
+        # "runs/nope" when runs/ exists is a mistyped folder, not a hub id to spend retries on
+        if source.startswith((".", "/", "~")) or Path(path.parts[0]).is_dir():
+            raise ModelLoadError(f"no such folder: {path}")
         return source  # a hub id; transformers resolves it (honouring HF_HUB_OFFLINE)
     cached = _gguf_cache_dir(gguf)
     if not (cached / "config.json").is_file():

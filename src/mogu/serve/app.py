@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import uvicorn
@@ -34,10 +34,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mogu.config import DecodingConfig
+from mogu.config import DecodingConfig, RequestMode
 from mogu.generate import Generation, GenerationError, context_limit
-from mogu.model.chat import ChatTemplateError, format_chat, to_messages
-from mogu.serve.batcher import Batcher, BatcherClosedError, Job, JobCancelledError, QueueFullError
+from mogu.model.chat import ChatInput, ChatTemplateError, format_chat, to_messages
+from mogu.serve.batcher import Batcher, BatcherClosedError, CheckFn, Job, JobCancelledError, QueueFullError
 from mogu.serve.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -50,10 +50,14 @@ from mogu.serve.schemas import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    MoGUOptions,
     MoGUReport,
     Usage,
 )
 from mogu.serve.settings import ServeConfig
+
+if TYPE_CHECKING:
+    from mogu.model.bundle import MoGUModel
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +137,12 @@ def served_name(target: str) -> str:
     return path.resolve().name if path.exists() else target
 
 
-def make_check(model, settings: ServeConfig):
+def make_check(model: MoGUModel, settings: ServeConfig) -> CheckFn:
     """The per-request prompt check run on the worker thread: template, prompt length, context room."""
     limit = context_limit(model.base_model)
     most = settings.max_prompt_tokens
 
-    def check(prompt, decoding: DecodingConfig) -> None:
+    def check(prompt: ChatInput, decoding: DecodingConfig) -> None:
         text = format_chat(model.tokenizer, prompt, model.config.chat_template)
         n = len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
         if most is not None and n > most:
@@ -161,7 +165,7 @@ def _decoding(req: ChatCompletionRequest, settings: ServeConfig) -> DecodingConf
     if asked is not None and asked > settings.max_tokens_limit:
         raise ApiError(400, f"{param} is {asked}; this server allows at most {settings.max_tokens_limit}", param=param)
     max_new = asked if asked is not None else min(settings.default_max_tokens, settings.max_tokens_limit)
-    temperature = 1.0 if req.temperature is None else req.temperature
+    temperature = settings.temperature if req.temperature is None else req.temperature
     top_p = 1.0 if req.top_p is None else req.top_p
     if top_p == 0:  # only the most likely token survives: greedy
         temperature, top_p = 0.0, 1.0
@@ -174,12 +178,21 @@ def _decoding(req: ChatCompletionRequest, settings: ServeConfig) -> DecodingConf
             top_k=extra.top_k if extra else 0,
             seed=req.seed,
             stop=req.stop_list(),
-            mode=extra.mode if extra else "mogu",
+            mode=_mode(extra, settings),
             return_gates=bool(extra and extra.return_gates),
         )
     except ValidationError as err:
         first = err.errors()[0]
         raise ApiError(400, f"invalid decoding settings: {first['msg']}", param=str(first["loc"][0]) if first["loc"] else None) from err
+
+
+def _mode(extra: Optional[MoGUOptions], settings: ServeConfig) -> RequestMode:
+    """The request's ``mogu.mode`` if this server allows it (the ablations switch the defence off)."""
+    mode = extra.mode if extra else "mogu"
+    if mode not in settings.allowed_modes:
+        raise ApiError(400, f"mogu.mode {mode!r} is not allowed on this server (allowed: "
+                       f"{', '.join(settings.allowed_modes)})", param="mogu.mode")
+    return mode
 
 
 def _prompt(req: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -289,7 +302,7 @@ async def _next_event(events: asyncio.Queue, request: Request) -> tuple[str, Any
                 raise _ClientGone from None
 
 
-def create_app(model, settings: Optional[ServeConfig] = None) -> FastAPI:
+def create_app(model: MoGUModel, settings: Optional[ServeConfig] = None) -> FastAPI:
     """The FastAPI app serving ``model`` (a ``MoGUModel``); the batcher starts with the app's lifespan."""
     settings = settings or ServeConfig()
     if settings.torch_threads is not None:
@@ -478,7 +491,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_server(model, settings: ServeConfig) -> None:
+def run_server(model: MoGUModel, settings: ServeConfig) -> None:
     """Serve ``model`` with uvicorn until SIGINT/SIGTERM, then drain gracefully."""
     if not settings.is_loopback:
         if settings.api_key is None:

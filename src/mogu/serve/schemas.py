@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mogu.config import RequestMode
+
 Role = Literal["system", "developer", "user", "assistant"]
 
 
@@ -54,7 +56,7 @@ class MoGUOptions(_Strict):
 
     return_gates: bool = Field(False, description="return the router weights of the routed tokens")
     top_k: int = Field(0, ge=0, description="top-k filter for sampling; 0: off")
-    mode: Literal["mogu", "base", "glad", "unwill"] = Field("mogu", description="ablations: decode the routed tokens otherwise")
+    mode: RequestMode = Field("mogu", description="ablations: decode the routed tokens otherwise (only those the server allows)")
 
 
 def _neutral(name: str, value: Any, neutral: tuple[Any, ...]) -> Any:

@@ -7,7 +7,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from mogu.config import StrictModel
+from mogu.config import RequestMode, StrictModel
 
 
 class ServeConfig(StrictModel):
@@ -16,6 +16,13 @@ class ServeConfig(StrictModel):
     The limits exist so that one client cannot exhaust memory or hold the
     single generation worker for long: a bounded queue (429 when full), a
     request body cap (413), and caps on prompt and answer lengths (400).
+
+    ``allowed_modes`` keeps the defence on: any other ``mogu.mode`` decodes the
+    routed tokens without the routers (an ablation), so clients get only
+    ``mogu`` unless the operator allows more. ``temperature`` applies to
+    requests that give none; it defaults to greedy because the safety
+    behaviour (refusal rates in docs/RESULTS.md) was measured with greedy
+    decoding, as the CLI and every evaluation decode.
     """
 
     host: str = Field("127.0.0.1", description="interface to bind; loopback unless you mean to expose the model")
@@ -29,6 +36,10 @@ class ServeConfig(StrictModel):
     max_prompt_tokens: Optional[int] = Field(None, ge=1, description="longest prompt in tokens (default: the model's context)")
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none (capped by the limit)")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="temperature when a request gives none; 0: greedy")
+    allowed_modes: list[RequestMode] = Field(
+        ["mogu"], min_length=1, description="mogu.mode values a request may ask for; others get a 400"
+    )
     retry_after_s: int = Field(1, ge=1, description="least Retry-After sent with a 429")
     shutdown_timeout_s: float = Field(60.0, gt=0, description="how long shutdown waits for in-flight requests")
     torch_threads: Optional[int] = Field(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
-import tomllib
+import sys
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from mogu.config import DtypeName, ExpertConfig, RouterConfig, StrictModel
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib joined the standard library in 3.11; tomli is the same parser
+    import tomli as tomllib
 
 
 class SynthesisConfig(StrictModel):
@@ -201,7 +207,11 @@ def load_train_config(path: Path | None, **overrides) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
         where = f"{path}: " if path else ""
-        field = f"field {'.'.join(str(p) for p in first['loc'])!r}: " if first["loc"] else ""
-        raise ValueError(f"{where}{field}{first['msg']}") from err
+        raise ValueError(where + "; ".join(_describe(error) for error in err.errors())) from err
+
+
+def _describe(error: ErrorDetails) -> str:
+    """One validation error, with the path of its field when it has one."""
+    field = f"field {'.'.join(str(p) for p in error['loc'])!r}: " if error["loc"] else ""
+    return field + error["msg"]
