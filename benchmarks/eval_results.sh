@@ -11,4 +11,4 @@ exec mogu eval "$BUNDLE" \
   --benign "$D/xstest_prompts.csv:where=label=safe:name=xstest-safe:limit=100" \
   --benign "$D/just_eval_regular.jsonl:name=just-eval:limit=200" \
   --defense none,self-reminder,icd,sft,safedecoding,detect-input,mogu-fixed,mogu \
-  --max-new-tokens 16 --batch-size 16 --out "${2:-runs/eval-results}"
+  --max-new-tokens 48 --batch-size 16 --out "${2:-runs/eval-results}"

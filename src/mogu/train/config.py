@@ -22,7 +22,7 @@ class SynthesisConfig(StrictModel):
     """How responses are made for instructions that come without them."""
 
     max_response_tokens: int = Field(
-        12, ge=4, description="only the opening of a response matters: MoGU routes the first routed_tokens (5)"
+        12, ge=4, description="only the opening of a response matters: MoGU routes the first routed_tokens"
     )
     batch_size: int = Field(32, ge=1, description="batch size of the base model's own greedy answers")
 
@@ -168,7 +168,11 @@ class TrainConfig(StrictModel):
     )
     expert: ExpertConfig = ExpertConfig()
     router: RouterConfig = RouterConfig()
-    routed_tokens: int = Field(5, ge=1)
+    routed_tokens: int = Field(
+        12, ge=1, description="answer tokens decoded with routing before the base model takes over (the paper: 5); "
+        "on the 135M default the base model turns a 5-token refusal into an answer, 12 keep the opening a refusal "
+        "(docs/TRAINING.md, 'Refusals that turn into answers')",
+    )
     max_length: int = Field(192, ge=16, description="prompt + response tokens; longer examples are truncated")
     seed: int = 0
     synthesis: SynthesisConfig = SynthesisConfig()
@@ -184,7 +188,10 @@ class TrainConfig(StrictModel):
     unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=256, eval_every=32, validate_at_start=False)
     router_stage: RouterStageConfig = RouterStageConfig()
     calibration: CalibrationConfig = CalibrationConfig()
-    eval_max_new_tokens: int = Field(16, ge=1, description="tokens per answer when the finished bundle is evaluated")
+    eval_max_new_tokens: int = Field(
+        48, ge=1, description="tokens per answer when the finished bundle is evaluated: enough for the judge's "
+        "whole opening, where a refusal may still turn into an answer"
+    )
 
     @model_validator(mode="after")
     def _members_average_linear_routers(self) -> TrainConfig:
