@@ -93,3 +93,19 @@ def test_chat_streams_turns(llama_dir):
     result = invoke("chat", str(llama_dir), "--max-new-tokens", "4", "--show-gates", input="Hi\nAnd again?\n\n")
     assert result.exit_code == 0, result.output
     assert result.output.count("router weights") == 2
+
+
+def test_config_prints_every_field_with_the_file_merged_over_the_defaults(tmp_path):
+    from mogu.train.config import TrainConfig
+
+    path = tmp_path / "c.toml"
+    path.write_text("routed_tokens = 7\n[router_stage]\nalpha = 3.0\n")
+    result = invoke("config", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["routed_tokens"] == 7 and printed["router_stage"]["alpha"] == 3.0
+    assert printed == {**TrainConfig().model_dump(mode="json"), "routed_tokens": 7,
+                       "router_stage": {**TrainConfig().router_stage.model_dump(mode="json"), "alpha": 3.0}}
+    path.write_text("routed_tokens = 0\n")
+    result = invoke("config", "--config", str(path))
+    assert result.exit_code != 0 and "routed_tokens" in result.output

@@ -214,6 +214,22 @@ def train(
         typer.echo(format_evaluation(json.loads(evaluation.read_text(encoding="utf-8"))))
 
 
+@app.command("config")
+def config_command(
+    config: Annotated[Optional[Path], typer.Option(help="training config, JSON or TOML, merged over the defaults")] = None,
+    base: Annotated[Optional[str], typer.Option(help="base model, as for mogu train")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="instructions JSONL, as for mogu train")] = None,
+) -> None:
+    """Print the training config mogu train would run with (every field, defaults filled in) as JSON."""
+    from mogu.train.config import load_train_config
+
+    try:
+        cfg = load_train_config(config, base=base, data=data)
+    except (OSError, ValueError) as err:
+        raise _fail(err) from err
+    typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
 def format_evaluation(evaluation: dict) -> str:
     """The base vs MoGU refusal-rate table that ``mogu train`` prints."""
     from mogu.eval.stats import format_interval
