@@ -13,7 +13,14 @@ written for the project: emotional appeals, claimed authority, invented rules,
 false continuity ...; a stable one per instruction), closer to automated
 persuasion attacks than the short framings above.
 
+``--max-new-tokens N --routed-tokens M`` answer with N tokens, the first M
+routed, instead of the router stage's validation decoding (10 tokens, the
+bundle's routed tokens): longer answers show a refusal that the base model
+turns into the answer after the routed tokens (docs/TRAINING.md, "Refusals
+that turn into answers").
+
     python benchmarks/framed_validation.py runs/final20 [--data OTHER_BUNDLE/data.jsonl] [--attack FILE]
+    python benchmarks/framed_validation.py runs/final29 --max-new-tokens 32 --routed-tokens 12
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ def main() -> None:
                         "the bundle's own (to compare bundles trained on different data on one split)")
     parser.add_argument("--attack", type=Path, help="also measure the validation instructions inside these long "
                         "persuasive framings (a JSON object: name -> template with {request})")
+    parser.add_argument("--max-new-tokens", type=int, help="answer length (default: the router stage's validation)")
+    parser.add_argument("--routed-tokens", type=int, help="tokens routed (default: the bundle's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = bundle_train_config(args.bundle)
@@ -49,6 +58,9 @@ def main() -> None:
     if args.attack:
         suites["attack"] = attacked(val, json.loads(args.attack.read_text(encoding="utf-8")))
     decoding = router_decoding(config)
+    if args.max_new_tokens is not None or args.routed_tokens is not None:
+        decoding = decoding.model_copy(update={"max_new_tokens": args.max_new_tokens or decoding.max_new_tokens,
+                                               "routed_tokens": args.routed_tokens or decoding.routed_tokens})
     result = {name: routed_validation(model, records, decoding) for name, records in suites.items()}
     result["n"] = {name: len(records) for name, records in suites.items()}
     print(json.dumps(result, indent=2))

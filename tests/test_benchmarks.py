@@ -58,6 +58,17 @@ def test_framed_validation_measures_every_suite(tiny_bundle, monkeypatch, capsys
         assert_refusals(result[suite], ("harmful_refusal", "benign_refusal"))
 
 
+def test_framed_validation_answers_with_the_decoding_asked_for(tiny_bundle, monkeypatch, capsys):
+    from mogu.train import stages
+
+    seen = []
+    original = stages.routed_validation
+    monkeypatch.setattr(stages, "routed_validation", lambda m, r, d: seen.append(d) or original(m, r, d))
+    run_script("framed_validation.py", str(tiny_bundle), "--max-new-tokens", "6", "--routed-tokens", "3",
+               monkeypatch=monkeypatch, capsys=capsys)
+    assert [(d.max_new_tokens, d.routed_tokens) for d in seen] == [(6, 3), (6, 3)]
+
+
 def test_probe_ceiling_scores_every_instruction_out_of_fold(tiny_bundle, monkeypatch, capsys):
     result = run_script("probe_ceiling.py", str(tiny_bundle), "--folds", "2", monkeypatch=monkeypatch, capsys=capsys)
     config = bundle_train_config(tiny_bundle)
