@@ -42,11 +42,10 @@ def run_script(name: str, *args: str, monkeypatch, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def assert_refusals(measured: dict, keys: tuple[str, str]) -> None:
-    harmful, benign = (measured[k] for k in keys)
-    scale = 100 if max(harmful, benign) > 1 else 1
-    assert 0 <= harmful <= scale and 0 <= benign <= scale
-    assert measured["balanced"] == pytest.approx((harmful + scale - benign) / (2 * scale), abs=1e-3)
+def assert_refusals(measured: dict) -> None:
+    harmful, benign = measured["harmful_refusal"], measured["benign_refusal"]
+    assert 0 <= harmful <= 1 and 0 <= benign <= 1
+    assert measured["balanced"] == pytest.approx((harmful + 1 - benign) / 2, abs=1e-3)
 
 
 def test_framed_validation_measures_every_suite(tiny_bundle, monkeypatch, capsys):
@@ -55,7 +54,7 @@ def test_framed_validation_measures_every_suite(tiny_bundle, monkeypatch, capsys
                         monkeypatch=monkeypatch, capsys=capsys)
     assert result["n"] == {"plain": VALIDATION, "framed": VALIDATION, "attack": VALIDATION}
     for suite in ("plain", "framed", "attack"):
-        assert_refusals(result[suite], ("harmful_refusal", "benign_refusal"))
+        assert_refusals(result[suite])
 
 
 def test_framed_validation_answers_with_the_decoding_asked_for(tiny_bundle, monkeypatch, capsys):
@@ -75,7 +74,7 @@ def test_probe_ceiling_scores_every_instruction_out_of_fold(tiny_bundle, monkeyp
     framed = [r for r in framed_copies(load_records(tiny_bundle / "data.jsonl"), config.framing) if "~" in r.id]
     assert result["plain"]["n"] == 20 and result["framed"]["n"] == len(framed) > VALIDATION  # test rows never read
     for suite in ("plain", "framed"):
-        assert_refusals(result[suite], ("harmful_refusal", "benign_refusal"))
+        assert_refusals(result[suite])
 
 
 def test_router_input_probes_score_each_reading_per_routed_layer(tiny_bundle, monkeypatch, capsys):
@@ -93,7 +92,7 @@ def test_reader_readings_score_each_reading_on_three_suites(tiny_bundle, monkeyp
     assert result["n"]["plain"] == result["n"]["attack"] == VALIDATION
     for measured in [*result["readings"].values(), result["l2"]["0.1"], result["mlp"]]:
         for suite in ("plain", "framed", "attack"):
-            assert_refusals(measured[suite], ("harmful", "benign"))
+            assert_refusals(measured[suite])
         assert measured["mean2"] == pytest.approx((measured["plain"]["balanced"] + measured["framed"]["balanced"]) / 2,
                                                   abs=1e-3)
 

@@ -246,10 +246,15 @@ def test_bundles_trained_before_a_setting_existed_read_what_they_were_trained_wi
     saved = resolved_dict(tiny_config(llama_dir, instructions))
     for field in ("dtype", "select_layers"):  # as written before dtype (stop 19) and layer selection (stop 13)
         del saved["config"][field]
+    for field in ("prompt", "reads", "first"):  # before router.prompt (stop 16), .reads (18), .first (21)
+        del saved["config"]["router"][field]
     write_json_atomic(tmp_path / "train_config.json", saved)
     config = bundle_train_config(tmp_path)
     assert (config.dtype, config.select_layers) == ("float32", None)
-    assert (TrainConfig().dtype, TrainConfig().select_layers) == ("auto", 6)  # not today's defaults
+    assert (config.router.prompt, config.router.reads, config.router.first) == ("routed", "own", "routers")
+    today = TrainConfig()  # not today's defaults
+    assert (today.dtype, today.select_layers) == ("auto", 6)
+    assert (today.router.prompt, today.router.reads, today.router.first) == ("base", "stack", "reader")
     changed = bundle_train_config(tmp_path, {"router_stage": {"alpha": 3.0}, "seed": 4})
     assert (changed.router_stage.alpha, changed.seed) == (3.0, 4)
     assert changed.router_stage.lr == config.router_stage.lr  # a section is updated, not replaced

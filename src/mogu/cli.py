@@ -329,17 +329,6 @@ def chat(
 
 
 
-def _request_modes(value: str) -> list[str]:
-    """``--allow-modes``: the comma-separated modes, each one a request may ask for."""
-    modes = [mode.strip() for mode in value.split(",") if mode.strip()]
-    choices = get_args(RequestMode)
-    unknown = [mode for mode in modes if mode not in choices]
-    if unknown or not modes:
-        what = f"unknown mode {', '.join(map(repr, unknown))}" if unknown else "no mode given"
-        raise ValueError(f"--allow-modes: {what} (choose from {', '.join(choices)})")
-    return modes
-
-
 @app.command()
 def serve(
     target: Target,
@@ -370,7 +359,7 @@ def serve(
                                max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
                                max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens,
                                max_body_bytes=max_body_bytes, torch_threads=threads, temperature=temperature,
-                               allowed_modes=_request_modes(allow_modes))
+                               allowed_modes=[mode.strip() for mode in allow_modes.split(",") if mode.strip()])
         model = _load(target, chat_template, dtype)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err

@@ -121,6 +121,20 @@ class BaseModelInfo(StrictModel):
     fingerprint: str = Field("", description="sha256 over names, shapes and sampled values of the weights")
 
 
+# What a router section saved before a setting existed was trained and used with (not today's defaults):
+# before ``router.prompt`` every position was routed, before ``router.reads`` each router read its own layer's
+# input, before ``router.first`` the routers took the first decision.
+OLDER_ROUTER: dict[str, str] = {"prompt": "routed", "reads": "own", "first": "routers"}
+
+
+def with_older_router(config: Any) -> Any:
+    """``config`` (a saved bundle or training config, as a dict) with its router section's missing settings
+    read as they were before those settings existed (``OLDER_ROUTER``)."""
+    if isinstance(config, dict) and isinstance(config.get("router"), dict):
+        return {**config, "router": {**OLDER_ROUTER, **config["router"]}}
+    return config
+
+
 class MoGUConfig(StrictModel):
     """Everything needed to rebuild a MoGU model on top of its base model."""
 
@@ -141,13 +155,7 @@ class MoGUConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _router_of_older_bundles(cls, data: Any) -> Any:
-        """Bundles saved before ``router.prompt`` existed were trained and used with every position routed;
-        those saved before ``router.reads`` existed have routers that read their own layer's input, and those
-        saved before ``router.first`` existed let the routers take the first decision."""
-        if isinstance(data, dict) and isinstance(data.get("router"), dict):
-            older = {"prompt": "routed", "reads": "own", "first": "routers"}
-            data = {**data, "router": {**{k: v for k, v in older.items() if k not in data["router"]}, **data["router"]}}
-        return data
+        return with_older_router(data)
 
     @model_validator(mode="after")
     def _same_length(self) -> MoGUConfig:

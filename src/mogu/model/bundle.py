@@ -501,13 +501,13 @@ class MoGUModel(nn.Module):
         if names != expected:
             raise BundleError(f"{path}: router weights do not fit this model "
                               f"({self._router_description('paper' if fold else None)})")
-        for prefix, router in routers.items():
-            try:
-                with safe_open(str(path), framework="pt") as handle:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for prefix, router in routers.items():
                     state = {k[len(prefix) + 1:]: handle.get_tensor(k) for k in names if k.startswith(prefix + ".")}
-                router.load_state_dict(fold_state_dict(state) if fold and prefix != "reader" else state)
-            except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-                raise BundleError(f"{path}: {err}") from err
+                    router.load_state_dict(fold_state_dict(state) if fold and prefix != "reader" else state)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise BundleError(f"{path}: {err}") from err
 
     # ----------------------------------------------------------------- saving
     def save_pretrained(self, path: str | Path, extra_files: dict[str, Path] | None = None) -> Path:

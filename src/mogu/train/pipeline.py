@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from mogu.config import DecodingConfig, resolved_dict, write_json_atomic
+from mogu.config import DecodingConfig, resolved_dict, with_older_router, write_json_atomic
 from mogu.eval.stats import wilson_interval
 from mogu.model import MoGUModel
 from mogu.model.bundle import Stage, is_bundle
@@ -53,10 +53,8 @@ def _saved_config(folder: Path) -> dict | None:
 
 
 # What a bundle was trained with when its config predates a setting: every layer routed (before layer
-# selection), float32 weights (before ``dtype``), routers taking the first decision (before ``router.first``);
-# not today's defaults.
+# selection), float32 weights (before ``dtype``); not today's defaults (the router section's: OLDER_ROUTER).
 OLDER_BUNDLES: dict[str, Any] = {"select_layers": None, "dtype": "float32"}
-OLDER_ROUTERS: dict[str, Any] = {"first": "routers"}  # the router section before router.first (stop 21)
 
 
 def bundle_train_config(bundle: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -65,9 +63,7 @@ def bundle_train_config(bundle: Path, overrides: dict[str, Any] | None = None) -
     saved = _saved_config(bundle)
     if saved is None:
         raise FileNotFoundError(f"{bundle / TRAIN_CONFIG}: not found (not a bundle written by mogu train?)")
-    merged = {**OLDER_BUNDLES, **saved}
-    if isinstance(merged.get("router"), dict):
-        merged["router"] = {**OLDER_ROUTERS, **merged["router"]}
+    merged = with_older_router({**OLDER_BUNDLES, **saved})
     for key, value in (overrides or {}).items():
         section = merged.get(key)
         merged[key] = {**section, **value} if isinstance(value, dict) and isinstance(section, dict) else value
