@@ -24,7 +24,7 @@ LAYERS = [14, 15, 16, 17, 21, 27]
 
 
 def measure(dtype: torch.dtype, prompts: list[str], batch_size: int, repeats: int) -> tuple[dict, list[str]]:
-    from mogu.config import DecodingConfig
+    from mogu.model.config import DecodingConfig
     from mogu.model import MoGUModel
     from mogu.train.stages import generate_all
 

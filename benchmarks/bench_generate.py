@@ -5,16 +5,15 @@ same prompts, greedy, exactly ``--new-tokens`` tokens (EOS suppressed so every
 variant does the same work), at each batch size:
 
   plain           a stock transformers model: ``model.generate``
-  mogu-cached     MoGUModel.generate, hand-over on the routed cache
-  mogu-faithful   MoGUModel.generate, the base model re-reads prompt + routed tokens
+  mogu            MoGUModel.generate: routed tokens with a KV cache on one copy of the weights, then the
+                  base model re-reads prompt + routed tokens and continues
   released        the released procedure: a second full model copy, the routed tokens
                   decoded without a KV cache (whole sequence re-run per token), then the
                   base copy re-reads everything and continues
 
-It also measures how often cached and faithful hand-over give the same greedy
-answer (on the project's own validation instructions). Prints JSON.
+Prints JSON.
 
-    python benchmarks/bench_generate.py --target runs/default
+    python benchmarks/bench_generate.py --target BUNDLE
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ PROMPTS = [
 
 def load(target: str):
     """A bundle (its routers folded to the linear shape on load), or fresh linear routers on a base model."""
-    from mogu.config import RouterConfig
+    from mogu.model.config import RouterConfig
     from mogu.model import MoGUModel
     from mogu.model.bundle import is_bundle
 
@@ -55,7 +54,7 @@ def load(target: str):
 def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mogu.config import DecodingConfig
+    from mogu.model.config import DecodingConfig
     from mogu.model.bundle import is_bundle, read_config
     from mogu.model.chat import format_chat
     from mogu.model.loading import resolve_model_path
@@ -78,8 +77,8 @@ def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats:
                                pad_token_id=pad)
     else:
         mogu = load(target)
-    if variant.startswith("mogu-"):
-        decoding = DecodingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, handover=variant[5:])
+    if variant == "mogu":
+        decoding = DecodingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
         def once():
             mogu.generate(prompts, decoding)
@@ -96,7 +95,7 @@ def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats:
 
 def released_procedure(mogu, prompts: list[str], new_tokens: int):
     """Two full copies; m routed tokens without a cache; then the base copy re-reads everything."""
-    from mogu.generate import encode_prompts
+    from mogu.model.generation import encode_prompts
 
     mixed = mogu
     base = copy.deepcopy(mogu)
@@ -120,32 +119,12 @@ def released_procedure(mogu, prompts: list[str], new_tokens: int):
     return once
 
 
-def agreement(target: str, n: int, new_tokens: int) -> dict:
-    """Share of prompts whose greedy answers are identical under cached and faithful hand-over."""
-    from mogu.config import DecodingConfig
-    from mogu.train.data import load_records
-
-    model = load(target)
-    prompts = [r.instruction for r in load_records() if r.split == "val"][:n]
-    answers = {}
-    for handover in ("cached", "faithful"):
-        decoding = DecodingConfig(max_new_tokens=new_tokens, handover=handover)
-        answers[handover] = [g.token_ids for i in range(0, len(prompts), 16)
-                             for g in model.generate(prompts[i : i + 16], decoding)]
-    same = sum(a == b for a, b in zip(answers["cached"], answers["faithful"]))
-    prefix = [next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-              for a, b in zip(answers["cached"], answers["faithful"])]
-    return {"prompts": len(prompts), "new_tokens": new_tokens, "identical": same / len(prompts),
-            "mean_common_prefix_tokens": statistics.mean(prefix)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="default", help="bundle folder or base model")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--agreement-prompts", type=int, default=64)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,19 +135,17 @@ def main() -> None:
                      "batches": {}}
     for batch in args.batch_sizes:
         row = {}
-        for variant in ("plain", "mogu-cached", "mogu-faithful", "released"):
+        for variant in ("plain", "mogu", "released"):
             out = subprocess.run([sys.executable, __file__, "--variant", variant, "--batch", str(batch),
                                   "--target", args.target, "--new-tokens", str(args.new_tokens),
                                   "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
             row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
         plain = row["plain"]
-        for variant in ("mogu-cached", "mogu-faithful"):
-            row[variant]["time_ratio_vs_plain"] = row[variant]["seconds"] / plain["seconds"]
-            row[variant]["memory_ratio_vs_plain"] = row[variant]["peak_rss_mb"] / plain["peak_rss_mb"]
-            row[variant]["speedup_vs_released"] = row["released"]["seconds"] / row[variant]["seconds"]
+        row["mogu"]["time_ratio_vs_plain"] = row["mogu"]["seconds"] / plain["seconds"]
+        row["mogu"]["memory_ratio_vs_plain"] = row["mogu"]["peak_rss_mb"] / plain["peak_rss_mb"]
+        row["mogu"]["speedup_vs_released"] = row["released"]["seconds"] / row["mogu"]["seconds"]
         row["released"]["memory_ratio_vs_plain"] = row["released"]["peak_rss_mb"] / plain["peak_rss_mb"]
         results["batches"][str(batch)] = row
-    results["handover_agreement"] = agreement(args.target, args.agreement_prompts, 64)
     print(json.dumps(results, indent=2))
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, get_args
 
 import torch
 
-from mogu.config import DtypeName
+from mogu.model.config import DtypeName
 
 if TYPE_CHECKING:
     from mogu.model import MoGUModel
@@ -77,7 +77,7 @@ def throughput(batch_size: int, repeats: int, layers: list[int] | None = None, d
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from mogu.config import RouterConfig
+    from mogu.model.config import RouterConfig
     from mogu.model import MoGUModel
     from mogu.model.loading import resolve_dtype, resolve_model_path
     from mogu.train.batches import collate, response_ce

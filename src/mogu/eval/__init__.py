@@ -1,7 +1,7 @@
-"""Evaluation: suites, attacks, defenses, judges, the runner and the report.
+"""Evaluation: suites, attacks, defenses, the runner and the report (judges live in ``mogu.judging``).
 
 ``from mogu.eval import evaluate`` is the Python API that ``mogu eval`` wraps;
-it is imported lazily so that ``mogu.eval.judges`` stays light to import.
+it is imported lazily so that importing ``mogu.eval.suites`` does not load the runner's dependencies.
 """
 
 from __future__ import annotations

@@ -43,12 +43,14 @@ import torch
 from pydantic import Field, ValidationError
 from safetensors.torch import load_file, save_file
 
-from mogu.config import DecodingConfig, StrictModel, provenance, write_json_atomic
+from mogu.io.files import write_json_atomic
+from mogu.io.provenance import provenance
+from mogu.model.config import DecodingConfig, StrictModel
 from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel
 from mogu.model.bundle import ADAPTER_WEIGHTS
 from mogu.model.chat import ChatInput, format_chat
-from mogu.probe import balanced_accuracy, fit_logistic
+from mogu.model.probe import balanced_accuracy, fit_logistic
 from mogu.train.config import FramingConfig
 
 log = logging.getLogger(__name__)
@@ -447,7 +449,7 @@ def safe_decode(
     """SafeDecoding with one copy of the weights: base and expert (an expert mode of ``model``) each keep
     a KV cache over the first ``m`` tokens, which are picked greedily from ``safedecoding_scores``; the
     base model then continues on its own cache with ``decoding``."""
-    from mogu.generate import TextDecoder, cache_of, encode_prompts, eos_ids, hf_generation_config, position_ids, with_cache
+    from mogu.model.generation import TextDecoder, cache_of, encode_prompts, eos_ids, hf_generation_config, position_ids, with_cache
 
     enc = encode_prompts(model, chats, decoding.max_new_tokens)
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -569,7 +571,7 @@ class LinearProbe:
 
 
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, layer: int, l2: float = 1e-2, steps: int = 100) -> LinearProbe:
-    """Class-balanced L2-regularised logistic regression (``mogu.probe``) on standardised features."""
+    """Class-balanced L2-regularised logistic regression (``mogu.model.probe``) on standardised features."""
     x = features.float()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     w, b = fit_logistic((x - mean) / std, labels, l2, steps)
@@ -579,7 +581,7 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, layer: int, l2: floa
 @torch.no_grad()
 def last_token_states(model: MoGUModel, chats: Sequence[ChatInput], layers: Sequence[int], batch_size: int = 16) -> dict[int, torch.Tensor]:
     """The base model's hidden state at the last prompt token (``hidden_states[layer]``; 0 = embeddings)."""
-    from mogu.generate import encode_prompts
+    from mogu.model.generation import encode_prompts
 
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(chats), batch_size):

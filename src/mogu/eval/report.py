@@ -12,9 +12,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mogu.config import provenance, write_json_atomic
-from mogu.eval.judges import Verdict, summarise
-from mogu.eval.stats import format_interval
+from mogu.io.files import write_json_atomic
+from mogu.io.provenance import provenance
+from mogu.judging.verdict import Verdict, summarise
+from mogu.judging.stats import format_interval
 
 log = logging.getLogger(__name__)
 

@@ -32,13 +32,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mogu.config import DecodingConfig, DtypeName, write_json_atomic
+from mogu.io.files import write_json_atomic
+from mogu.model.config import DecodingConfig, DtypeName
 from mogu.eval.attacks import apply_attacks, load_attack_prompts, parse_attack_spec
 from mogu.eval.defenses import Defense, DefenseError, is_trained, make_defense, parse_defenses
-from mogu.eval.judges import EndpointJudge, Judge, ModelJudge, RefusalJudge, Verdict, verdict_for
+from mogu.judging.keyword import RefusalJudge
+from mogu.judging.model_judges import EndpointJudge, ModelJudge
+from mogu.judging.verdict import Judge, Verdict, verdict_for
 from mogu.eval.report import build_report, write_report
 from mogu.eval.suites import Prompt, Suite, parse_suite_spec, seed_suites
-from mogu.jsonl import append_jsonl, done_ids, read_jsonl
+from mogu.io.jsonl import append_jsonl, done_ids, read_jsonl
 from mogu.model.bundle import is_bundle
 from mogu.model.loading import resolve_dtype
 

@@ -25,7 +25,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from mogu.jsonl import JsonlError, read_jsonl
+from mogu.io.jsonl import JsonlError, read_jsonl
 
 log = logging.getLogger(__name__)
 

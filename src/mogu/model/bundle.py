@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from peft import LoraConfig
@@ -33,26 +33,26 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mogu.config import (
+from mogu.io.files import write_json_atomic
+from mogu.io.provenance import provenance
+from mogu.model import generation
+from mogu.model.config import (
     EXPERTS,
+    ROUTED_TOKENS,
     BaseModelInfo,
     DecodingConfig,
     ExpertConfig,
     Mode,
     MoGUConfig,
     RouterConfig,
-    provenance,
-    write_json_atomic,
 )
 from mogu.model.chat import ChatInput
+from mogu.model.generation import Generation, TextCallback
 from mogu.model.layer import MoGULayer, RoutingState
 from mogu.model.loading import DEFAULT_MODEL, load_base
 from mogu.model.positions import decision_mask
 from mogu.model.router import PAPER_KEYS, Router, fold_state_dict
 from mogu.model.targets import find_targets
-
-if TYPE_CHECKING:
-    from mogu.generate import Generation, TextCallback
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class MoGUModel(nn.Module):
             layer.lora_B.to(original.weight.device)
             layer.router.to(original.weight.device)
             # a new module starts in training mode: with LoRA dropout on, a model put in eval mode
-            # before route_only would otherwise drop out in every forward until the next .eval()
+            # before route would otherwise drop out in every forward until the next .eval()
             layer.train(self.training)
             setattr(parent, child, layer)
             layers.append(layer)
@@ -137,8 +137,8 @@ class MoGUModel(nn.Module):
     def _make_reader(self) -> Router | None:
         """Under ``router.first`` "reader": the first decision's reader, a linear router over every routed
         layer's input (``RouterConfig.first``; fitted by ``train.router_init.fit_reader``), on the routed
-        layers' device; else None."""
-        if self.config.router.first != "reader":
+        layers' device; else (or while no layer is routed) None."""
+        if self.config.router.first != "reader" or not self.layers:
             return None
         cfg = self.config.router.model_copy(update={"shape": "linear", "input_norm": True})
         with torch.random.fork_rng(devices=[]):  # draws nothing from the stream the experts' init draws from next
@@ -156,19 +156,15 @@ class MoGUModel(nn.Module):
             routers["reader"] = self.reader
         return routers
 
-    def route_only(self, layers: list[int]) -> None:
-        """Route just ``layers`` from now on, with new experts and routers (as ``from_base`` with ``layers`` gives).
-
-        The other projections get their base projection back; no weights are
-        loaded again.
-        """
-        kept = [(name, index) for name, index in zip(self.config.target_modules, self.config.layers) if index in layers]
-        if len(kept) != len(set(layers)):
-            raise ValueError(f"layers {sorted(set(layers) - set(self.config.layers))} are not routed in this model")
-        for name, layer in zip(self.config.target_modules, self.layers):
-            parent_name, _, child = name.rpartition(".")
-            setattr(self.base_model.get_submodule(parent_name), child, layer.base_layer)
-        self.config = self.config.model_copy(update={"target_modules": [n for n, _ in kept], "layers": [i for _, i in kept]})
+    def route(self, layers: list[int] | None, target_module: str | None = None) -> None:
+        """Route ``layers`` (decoder-layer indices; None: all) of a model that routes none yet, with new experts and
+        routers: training measures which layers to route on the base model first, then routes just those.
+        ``target_module`` names the projection inside a decoder layer (default: the architecture's)."""
+        if self.layers:
+            raise ValueError(f"this model already routes layers {self.config.layers}")
+        targets = find_targets(self.base_model, target_module, layers)
+        self.config = self.config.model_copy(update={"target_modules": [t.name for t in targets],
+                                                     "layers": [t.layer for t in targets]})
         self.layers = self._inject()
         self.reader = self._make_reader()
 
@@ -182,7 +178,7 @@ class MoGUModel(nn.Module):
         layers: list[int] | None = None,
         expert: ExpertConfig | None = None,
         router: RouterConfig | None = None,
-        routed_tokens: int = 5,
+        routed_tokens: int = ROUTED_TOKENS,
         chat_template: str | None = None,
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
@@ -218,7 +214,7 @@ class MoGUModel(nn.Module):
         layers: list[int] | None = None,
         expert: ExpertConfig | None = None,
         router: RouterConfig | None = None,
-        routed_tokens: int = 5,
+        routed_tokens: int = ROUTED_TOKENS,
         chat_template: str | None = None,
     ) -> MoGUModel:
         """Wrap an already loaded model (``info`` is its ``BaseModelInfo``)."""
@@ -286,20 +282,16 @@ class MoGUModel(nn.Module):
         decoding: DecodingConfig | None = None,
         on_text: TextCallback | None = None,
     ) -> list[Generation]:
-        """Answer chat prompts: routed first tokens, then the base model (see ``mogu.generate``).
+        """Answer chat prompts: routed first tokens, then the base model (see ``mogu.model.generation``).
 
         ``prompts`` is a batch of prompts (strings or message lists) or a single prompt (a string, or one
         list of message dicts); either way the answers come as a list, one ``Generation`` per prompt.
         """
-        from mogu.generate import generate
-
-        return generate(self, prompts, decoding, on_text)
+        return generation.generate(self, prompts, decoding, on_text)
 
     def stream(self, prompt: ChatInput, decoding: DecodingConfig | None = None) -> Iterator[str]:
-        """Yield the answer to one prompt as it is decoded (see ``mogu.generate.stream``)."""
-        from mogu.generate import stream
-
-        return stream(self, prompt, decoding)
+        """Yield the answer to one prompt as it is decoded (see ``mogu.model.generation.stream``)."""
+        return generation.stream(self, prompt, decoding)
 
     @property
     def device(self) -> torch.device:
@@ -326,7 +318,7 @@ class MoGUModel(nn.Module):
         ``labels`` (batch, seq; prompt and padding masked) are those of the
         forward passes to come over whole known sequences (training, probes):
         under ``router.prompt`` "base" they say which positions are routed.
-        Generation needs none (``mogu.generate`` reads the prompt in mode base).
+        Generation needs none (``mogu.model.generation`` reads the prompt in mode base).
         """
         previous = (self.state.mode, self.state.fixed, self.state.record, self.state.routed)
         self.set_mode(mode, fixed)
@@ -340,15 +332,21 @@ class MoGUModel(nn.Module):
             self.state.mode, self.state.fixed, self.state.record, self.state.routed = previous
 
     @contextlib.contextmanager
-    def routed_inputs(self, pick: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[dict[int, list[torch.Tensor]]]:
+    def routed_inputs(
+        self, pick: Callable[[torch.Tensor], torch.Tensor], layers: list[int] | None = None, target_module: str | None = None
+    ) -> Iterator[dict[int, list[torch.Tensor]]]:
         """While open, ``pick(h)`` of the input ``h`` of every routed projection, per forward, by layer index:
-        what the routers read, for the probes and the first decision's reader."""
-        captured: dict[int, list[torch.Tensor]] = {layer.layer_index: [] for layer in self.layers}
+        what the routers read, for the probes and the first decision's reader. With ``layers``, the inputs of
+        those layers' target projections (``target_module``, default the architecture's), routed or not: what
+        their routers would read."""
+        modules = ({layer.layer_index: layer for layer in self.layers} if layers is None else
+                   {t.layer: self.base_model.get_submodule(t.name) for t in find_targets(self.base_model, target_module, layers)})
+        captured: dict[int, list[torch.Tensor]] = {index: [] for index in modules}
 
         def hook(layer_index: int):
             return lambda _module, args: captured[layer_index].append(pick(args[0]))
 
-        handles = [layer.register_forward_pre_hook(hook(layer.layer_index)) for layer in self.layers]
+        handles = [module.register_forward_pre_hook(hook(index)) for index, module in modules.items()]
         try:
             yield captured
         finally:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mogu.config import EXPERTS, ExpertConfig, Mode, RouterConfig
+from mogu.model.config import EXPERTS, ExpertConfig, Mode, RouterConfig
 from mogu.model.router import Router
 
 

@@ -22,7 +22,7 @@ from typing import get_args
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mogu.config import BaseModelInfo, DtypeName
+from mogu.model.config import BaseModelInfo, DtypeName
 
 log = logging.getLogger(__name__)
 

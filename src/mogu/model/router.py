@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mogu.config import RouterConfig
+from mogu.model.config import RouterConfig
 
 
 def rms_normalise(x: torch.Tensor) -> torch.Tensor:

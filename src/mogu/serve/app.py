@@ -34,8 +34,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mogu.config import DecodingConfig, RequestMode
-from mogu.generate import Generation, GenerationError, context_limit
+from mogu.model.config import DecodingConfig
+from mogu.serve.settings import RequestMode
+from mogu.model.generation import Generation, GenerationError, context_limit
 from mogu.model.chat import ChatInput, ChatTemplateError, format_chat, to_messages
 from mogu.serve.batcher import Batcher, BatcherClosedError, CheckFn, Job, JobCancelledError, QueueFullError
 from mogu.serve.schemas import (

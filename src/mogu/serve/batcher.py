@@ -34,8 +34,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from mogu.config import DecodingConfig
-from mogu.generate import Generation, TextCallback
+from mogu.model.config import DecodingConfig
+from mogu.model.generation import Generation, TextCallback
 from mogu.model.chat import ChatInput
 
 log = logging.getLogger(__name__)

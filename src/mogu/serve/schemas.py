@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mogu.config import RequestMode
+from mogu.serve.settings import RequestMode
 
 Role = Literal["system", "developer", "user", "assistant"]
 
@@ -43,7 +43,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
     def as_chat(self) -> dict[str, str]:
-        """The ``{"role", "content"}`` message ``mogu.generate`` takes (``developer`` is a system turn)."""
+        """The ``{"role", "content"}`` message ``mogu.model.generation`` takes (``developer`` is a system turn)."""
         return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
 
 

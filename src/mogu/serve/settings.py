@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
-from mogu.config import RequestMode, StrictModel
+from mogu.model.config import StrictModel
+
+#: The modes a ``mogu serve`` request may ask for (``fixed`` takes weights the API has no field for).
+RequestMode = Literal["mogu", "base", "glad", "unwill"]
 
 
 class ServeConfig(StrictModel):

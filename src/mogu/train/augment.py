@@ -17,8 +17,6 @@ split is never framed (its targets are about plain instructions).
 
 from __future__ import annotations
 
-import importlib.resources
-import json
 from dataclasses import replace
 
 from mogu.train.config import FramingConfig
@@ -65,11 +63,6 @@ def frame(template: str, instruction: str) -> str:
     return template.format(request=request, lower=_lower_first(request))
 
 
-def persuasive_framings() -> dict[str, str]:
-    """The long persuasive training framings (``mogu/data/persuasive_framings.json``, written for the project)."""
-    return json.loads((importlib.resources.files("mogu.data") / "persuasive_framings.json").read_text(encoding="utf-8"))
-
-
 def framed_copy(record: Record, templates: list[tuple[str, str]], draw: str) -> Record:
     """``record`` inside one of ``templates`` (name, template), chosen by a stable hash of its id and ``draw``;
     the copy's id is ``"{id}~{name}"``."""
@@ -79,21 +72,15 @@ def framed_copy(record: Record, templates: list[tuple[str, str]], draw: str) -> 
 
 def framed_copies(records: list[Record], framing: FramingConfig) -> list[Record]:
     """``records`` plus framed copies of a stable ``framing.train_fraction`` of the training instructions
-    (training framings) and of a stable ``framing.val_fraction`` of the validation ones (validation framings),
-    and further copies of a stable ``framing.persuasive_fraction`` of the training instructions (persuasive
-    framings). A copy keeps the label, category, split and responses; its id is ``"{id}~{framing}"``. Test
-    records are never framed.
+    (training framings) and of a stable ``framing.val_fraction`` of the validation ones (validation framings).
+    A copy keeps the label, category, split and responses; its id is ``"{id}~{framing}"``. Test records are
+    never framed.
     """
-    families = [("frame", {"train": (framing.train_fraction, sorted(TRAIN_FRAMINGS.items())),
-                           "val": (framing.val_fraction, sorted(VAL_FRAMINGS.items()))})]
-    if framing.persuasive_fraction > 0:
-        families.append(("persuade", {"train": (framing.persuasive_fraction, sorted(persuasive_framings().items()))}))
+    by_split = {"train": (framing.train_fraction, sorted(TRAIN_FRAMINGS.items())),
+                "val": (framing.val_fraction, sorted(VAL_FRAMINGS.items()))}
     copies: list[Record] = []
-    for key, by_split in families:
-        for record in records:
-            fraction, templates = by_split.get(record.split, (0.0, []))
-            if stable_fraction(f"{record.id}~{key}") >= fraction:
-                continue
-            which = "~which" if key == "frame" else f"~which-{key}"  # "~which": the draws of every earlier bundle
-            copies.append(framed_copy(record, templates, which))
+    for record in records:
+        fraction, templates = by_split.get(record.split, (0.0, []))
+        if stable_fraction(f"{record.id}~frame") < fraction:
+            copies.append(framed_copy(record, templates, "~which"))
     return records + copies

@@ -69,14 +69,11 @@ def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def gate_mask(labels: torch.Tensor, attention_mask: torch.Tensor, which: str, routed_tokens: int) -> torch.Tensor:
-    """Positions under the router's gate loss (see ``RouterStageConfig.gate_positions``)."""
-    if which == "all":
-        return attention_mask.bool()
-    mask = decision_mask(labels)
-    if which in ("routed", "first"):
-        mask &= mask.cumsum(dim=1) <= (routed_tokens if which == "routed" else 1)
-    return mask
+def gate_mask(labels: torch.Tensor, attention_mask: torch.Tensor, prompt: str) -> torch.Tensor:
+    """Positions under the router's gate loss: every position when the prompt is routed (``router.prompt``
+    "routed", as the released code), else the decision positions, whose output chooses a response token (the
+    prompt's gates are never used when the base model reads it)."""
+    return attention_mask.bool() if prompt == "routed" else decision_mask(labels)
 
 
 @cache

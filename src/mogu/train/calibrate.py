@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from mogu.config import write_json_atomic
+from mogu.io.files import write_json_atomic
 from mogu.model import MoGUModel
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record

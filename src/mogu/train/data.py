@@ -31,9 +31,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mogu.config import DecodingConfig
-from mogu.eval.judges import RefusalJudge
-from mogu.jsonl import JsonlError, append_jsonl, done_ids, field, read_jsonl
+from mogu.model.config import DecodingConfig
+from mogu.judging.keyword import RefusalJudge
+from mogu.io.jsonl import JsonlError, append_jsonl, done_ids, field, read_jsonl
 from mogu.model import MoGUModel
 
 log = logging.getLogger(__name__)

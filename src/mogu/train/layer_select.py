@@ -18,10 +18,10 @@ import logging
 from pathlib import Path
 from typing import TypeVar
 
-
-from mogu.config import write_json_atomic
+from mogu.io.files import write_json_atomic
 from mogu.model import MoGUModel
-from mogu.probe import balanced_accuracy, fit_logistic
+from mogu.model.probe import balanced_accuracy, fit_logistic
+from mogu.model.targets import find_targets
 from mogu.train.batches import Pair, tokenize_pairs
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record
@@ -38,15 +38,17 @@ def probe_separability(
     l2: float,
     steps: int,
     reads: dict[K, tuple[int, ...]],
+    target_module: str | None = None,
 ) -> dict[K, float]:
     """Balanced validation accuracy of a probe per entry of ``reads``, fitted on the training items.
 
     Each probe reads what a router reading those layers would (their
     RMS-normalised projection inputs at the last prompt token, concatenated),
-    with every expert off.
+    with every expert off. The layers need not be routed.
     """
-    train_x, train_y = collect_router_inputs(model, train, positions=1, mode="base")
-    val_x, val_y = collect_router_inputs(model, val, positions=1, mode="base")
+    layers = sorted({layer for read in reads.values() for layer in read})
+    train_x, train_y = collect_router_inputs(model, train, mode="base", layers=layers, target_module=target_module)
+    val_x, val_y = collect_router_inputs(model, val, mode="base", layers=layers, target_module=target_module)
 
     scores = {}
     for key, layers in reads.items():
@@ -74,13 +76,16 @@ def prompt_items(model: MoGUModel, records: list[Record], split: str, max_length
 
 
 def select_routed_layers(model: MoGUModel, records: list[Record], config: TrainConfig, path: Path) -> list[int]:
-    """Measure the layers, keep ``config.select_layers`` of them and record both in ``path`` (reused on resume)."""
+    """Measure the candidate layers (``config.layers``, default all) on the base model, keep
+    ``config.select_layers`` of them and record both in ``path`` (reused on resume)."""
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["selected"]
     split_items = {split: prompt_items(model, records, split, config.max_length) for split in ("train", "val")}
     probe = config.router_stage
-    own = {layer: (layer,) for layer in model.config.layers}
-    scores = probe_separability(model, split_items["train"], split_items["val"], probe.probe_l2, probe.probe_steps, own)
+    candidates = [t.layer for t in find_targets(model.base_model, config.target_module, config.layers)]
+    own = {layer: (layer,) for layer in candidates}
+    scores = probe_separability(model, split_items["train"], split_items["val"], probe.probe_l2, probe.probe_steps, own,
+                                config.target_module)
     selected = best_layers(scores, config.select_layers)
     log.info("routed layers (best %d by validation probe accuracy): %s; accuracy per layer %s", len(selected),
              selected, {k: round(v, 3) for k, v in scores.items()})

@@ -142,8 +142,6 @@ def run_stage(stage: Stage, model: MoGUModel, accelerator: Accelerator, workdir:
     else:
         if stage.initialise is not None:
             stage.initialise()
-        if cfg.validate_at_start:
-            _validate(stage, model, progress, best_path, params, train_log, accelerator)
 
     rank, world = accelerator.process_index, accelerator.num_processes
     bar = tqdm(total=total_steps, initial=progress["step"], desc=f"stage {stage.name}", unit="step",

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from mogu.config import DecodingConfig, resolved_dict, with_older_router, write_json_atomic
-from mogu.eval.stats import wilson_interval
+from mogu.io.files import write_json_atomic
+from mogu.io.provenance import resolved_dict
+from mogu.model.config import DecodingConfig, with_older_router
+from mogu.judging.stats import wilson_interval
 from mogu.model import MoGUModel
 from mogu.model.bundle import Stage, is_bundle
 from mogu.train.augment import framed_copies
@@ -30,8 +32,7 @@ from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.layer_select import select_routed_layers
 from mogu.train.loop import TrainLog, restore_random_stream, run_stage
-from mogu.train.router_members import run_router_members
-from mogu.train.stages import expert_stage, refusal_count
+from mogu.train.stages import expert_stage, refusal_count, router_stage
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,11 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
             train_log.write(stage=stage, truncated=count)
 
     start = time.perf_counter()
-    model = MoGUModel.from_base(config.base, target_module=config.target_module, layers=config.layers,
-                                expert=config.expert, router=config.router, routed_tokens=config.routed_tokens,
-                                dtype=config.dtype, device=accelerator.device)
+    # nothing routed yet: the data and the layer choice are made on the base model, then only the chosen
+    # layers get experts and routers
+    model = MoGUModel.from_base(config.base, target_module=config.target_module, layers=[], expert=config.expert,
+                                router=config.router, routed_tokens=config.routed_tokens, dtype=config.dtype,
+                                device=accelerator.device)
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -158,16 +161,16 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     train_log.write(stage="data", counts=counts)
     timings["data"] = time.perf_counter() - start
 
+    routed = config.layers
     if config.select_layers is not None:
         start = time.perf_counter()
         if accelerator.is_main_process:
             select_routed_layers(model, records, config, work / LAYERS_FILE)
         accelerator.wait_for_everyone()
-        selected = select_routed_layers(model, records, config, work / LAYERS_FILE)  # reads the file
-        train_log.write(stage="layers", selected=selected)
-        if selected != model.config.layers:
-            model.route_only(selected)
+        routed = select_routed_layers(model, records, config, work / LAYERS_FILE)  # reads the file
+        train_log.write(stage="layers", selected=routed)
         timings["layers"] = time.perf_counter() - start
+    model.route(routed, config.target_module)
 
     selection: dict[str, dict] = {}
     for name in STAGE_NEEDS["router"] if stage is None else STAGE_NEEDS[stage]:
@@ -185,10 +188,10 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
         start = time.perf_counter()
         model.set_trainable(name)
         if name == "router":
-            result = run_router_members(model, records, config, accelerator, stage_dir, train_log, log_truncated)
+            made = router_stage(model, records, config, log_truncated)
         else:
-            result = run_stage(expert_stage(name, model, records, config, log_truncated), model, accelerator,
-                               stage_dir, train_log, config.seed)
+            made = expert_stage(name, model, records, config, log_truncated)
+        result = run_stage(made, model, accelerator, stage_dir, train_log, config.seed)
         model.set_trainable(None)
         result["seconds"] = round(time.perf_counter() - start, 1)
         if accelerator.is_main_process:

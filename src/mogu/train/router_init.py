@@ -22,10 +22,10 @@ import logging
 
 import torch
 
-from mogu.config import Mode
+from mogu.model.config import Mode
 from mogu.model import MoGUModel
 from mogu.model.router import rms_normalise
-from mogu.probe import fit_logistic
+from mogu.model.probe import fit_logistic
 from mogu.train.batches import Pair, collate
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,18 @@ def by_length(items: list[tuple[Pair, bool]]) -> list[tuple[Pair, bool]]:
 
 
 def collect_router_inputs(
-    model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, batch_size: int = 16, mode: Mode = "mogu"
+    model: MoGUModel, items: list[tuple[Pair, bool]], batch_size: int = 16, mode: Mode = "mogu",
+    layers: list[int] | None = None, target_module: str | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Router inputs (the inputs of the routed projections) at the first ``positions`` decision positions.
+    """Router inputs (the inputs of the routed projections) at the first decision position, the last prompt
+    token, whose gates choose the first response token (later positions see the teacher-forced response, whose
+    wording gives the label away).
 
     Returns ({layer: (N, d) float32}, benign labels (N,)). Collected in
     ``mode``: ``mogu`` with the routers as they are (fresh routers give
-    weights 0.5), ``base`` for what the routers of an expert-free model see.
+    weights 0.5), ``base`` for what the routers of an expert-free model see. ``layers`` (and
+    ``target_module``): the inputs of those layers' target projections, routed or not (default: the routed
+    layers).
     """
     current: dict[str, torch.Tensor] = {}
     labels = []
@@ -51,13 +56,12 @@ def collect_router_inputs(
     def pick(h: torch.Tensor) -> torch.Tensor:
         return h[current["rows"], current["cols"]].detach().float().cpu()
 
-    with model.routed_inputs(pick) as captured, torch.no_grad():
+    with model.routed_inputs(pick, layers, target_module) as captured, torch.no_grad():
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            # decision positions: the last prompt token up to the second-last response token; the
-            # model is causal, so the response beyond the wanted positions need not be run (the
-            # n-th response token is kept as a label: the labels mark the decision positions)
-            counts = [min(positions, len(pair.response)) for pair, _ in chunk]
+            # the model is causal, so the response beyond its first token need not be run (that token is
+            # kept as a label: the labels mark the decision positions)
+            counts = [min(1, len(pair.response)) for pair, _ in chunk]
             batch = collate([Pair(pair.prompt, pair.response[:n]) for (pair, _), n in zip(chunk, counts)],
                             model.tokenizer.pad_token_id)
             rows, cols = [], []
@@ -80,28 +84,20 @@ def router_features(features: dict[int, torch.Tensor], layers: tuple[int, ...]) 
     return torch.cat([rms_normalise(features[layer]) for layer in layers], dim=-1)
 
 
-def warm_start_routers(
-    model: MoGUModel, items: list[tuple[Pair, bool]], positions: int, l2: float, steps: int, rounds: int = 1
-) -> dict:
-    """Fit and install a probe per layer, ``rounds`` times; returns the last round's training accuracy per layer.
-
-    Installed probes change what the later routers see (the experts act from
-    layer 0 on), so each round after the first re-collects the inputs under the
-    routers of the round before and fits again.
-    """
+def warm_start_routers(model: MoGUModel, items: list[tuple[Pair, bool]], l2: float, steps: int) -> dict:
+    """Fit and install a probe per layer on the inputs it reads; returns each probe's training accuracy."""
     if not model.config.router.input_norm:
         raise ValueError("the router warm start fits RMS-normalised inputs; set router.input_norm = true or disable probe_init")
     accuracy: dict[int, float] = {}
     items = by_length(items)
-    for round_index in range(rounds):
-        features, benign = collect_router_inputs(model, items, positions)
-        for layer in model.layers:
-            x = router_features(features, layer.reads)
-            w, b = fit_logistic(x, benign, l2, steps)
-            layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
-            accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
-        log.info("router warm start round %d: probe accuracy per layer (train) min %.3f, mean %.3f, max %.3f",
-                 round_index + 1, min(accuracy.values()), sum(accuracy.values()) / len(accuracy), max(accuracy.values()))
+    features, benign = collect_router_inputs(model, items)
+    for layer in model.layers:
+        x = router_features(features, layer.reads)
+        w, b = fit_logistic(x, benign, l2, steps)
+        layer.router.set_linear(unwill=(-w, -b), glad=(w, b))
+        accuracy[layer.layer_index] = float(((x @ w + b > 0).float() == benign).float().mean())
+    log.info("router warm start: probe accuracy per layer (train) min %.3f, mean %.3f, max %.3f",
+             min(accuracy.values()), sum(accuracy.values()) / len(accuracy), max(accuracy.values()))
     return accuracy
 
 
@@ -115,7 +111,7 @@ def fit_reader(model: MoGUModel, items: list[tuple[Pair, bool]], l2: float, step
     """
     if model.reader is None:
         raise ValueError("this model has no reader: set router.first = 'reader'")
-    features, benign = collect_router_inputs(model, by_length(items), positions=1, mode="base")
+    features, benign = collect_router_inputs(model, by_length(items), mode="base")
     x = router_features(features, tuple(model.config.layers))
     w, b = fit_logistic(x, benign, l2, steps)
     model.reader.set_linear(unwill=(-w, -b), glad=(w, b))

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from mogu.config import DecodingConfig
-from mogu.eval.judges import RefusalJudge
-from mogu.generate import Generation
+from mogu.model.config import DecodingConfig
+from mogu.judging.keyword import RefusalJudge
+from mogu.model.generation import Generation
 from mogu.model import MoGUModel
 from mogu.train.batches import Pair, collate, gate_mask, mean_response_ce, response_ce, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig
@@ -46,8 +46,9 @@ def refusal_count(model: MoGUModel, instructions: list[str], decoding: DecodingC
     return sum(refused(instructions, generate_all(model, instructions, decoding, batch_size)))
 
 
-def ratio_loss(ce_wanted: torch.Tensor, ce_unwanted: torch.Tensor, floor: float, ceiling: float) -> torch.Tensor:
-    """MoGU's expert loss CE(wanted) / CE(unwanted), with the denominator clamped (see ExpertStageConfig)."""
+def ratio_loss(ce_wanted: torch.Tensor, ce_unwanted: torch.Tensor, floor: float, ceiling: float | None) -> torch.Tensor:
+    """MoGU's expert loss CE(wanted) / CE(unwanted), with the denominator clamped (see ExpertStageConfig;
+    ``ceiling`` None: no upper clamp)."""
     return (ce_wanted / ce_unwanted.clamp(min=floor, max=ceiling)).mean()
 
 
@@ -99,15 +100,6 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
         return ((behaviour, -fluency) if eligible else None), metrics
 
     return Stage(name, stage_cfg, items, loss, validate)
-
-
-def class_weights(benign: list[bool], balance: bool) -> torch.Tensor:
-    """Per-example weights summing to 1: uniform, or with ``balance`` an equal share for each class present."""
-    if not balance:
-        return torch.full((len(benign),), 1 / len(benign))
-    counts = {True: sum(benign), False: len(benign) - sum(benign)}
-    present = sum(1 for n in counts.values() if n)
-    return torch.tensor([1 / (present * counts[b]) for b in benign])
 
 
 def router_gate_loss(
@@ -182,9 +174,9 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
             ce = response_ce(model, batch)
         gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
         model.state.gates.clear()
-        positions = gate_mask(batch["labels"], batch["attention_mask"], stage_cfg.gate_positions, config.routed_tokens)
+        positions = gate_mask(batch["labels"], batch["attention_mask"], config.router.prompt)
         benign = [b for _, b in batch_items]
-        weights = class_weights(benign, stage_cfg.class_balance).to(ce.device)
+        weights = torch.full((len(benign),), 1 / len(benign), device=ce.device)  # each example alike
         gate_loss = router_gate_loss(gates, benign, positions, stage_cfg.gate_loss, weights)
         weighted_ce = (weights * ce).sum()
         total = weighted_ce + stage_cfg.alpha * gate_loss
@@ -197,7 +189,6 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     def warm_start() -> None:
         # ``items`` stays the full list: run_stage gives the stage a new list when it takes a
         # max_examples subset, and the probes are fitted on every training instruction
-        warm_start_routers(model, items, stage_cfg.probe_positions, stage_cfg.probe_l2, stage_cfg.probe_steps,
-                           stage_cfg.probe_rounds)
+        warm_start_routers(model, items, stage_cfg.probe_l2, stage_cfg.probe_steps)
 
     return Stage("router", stage_cfg, items, loss, validate, warm_start if stage_cfg.probe_init else None)

@@ -1,0 +1,47 @@
+"""The benchmark scripts run end to end on tiny models and print what they claim to.
+
+Their figures come from runs on the real default model (docs/); here each script is run once at a tiny size,
+so that a change in the library that breaks a script fails the suite instead of the next measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mogu.train.pipeline import train
+from tests.support.training import tiny_config, write_instructions
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_model_dirs, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("benchmarks")
+    data = write_instructions(folder / "instructions.jsonl")
+    return train(tiny_config(tiny_model_dirs["llama"], data), folder / "bundle")
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")))
+def test_every_benchmark_parses_its_options(script, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import each other, as when run from there
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+    assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_bench_generate_compares_mogu_with_the_plain_model_and_the_released_procedure(tiny_bundle):
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_generate.py"), "--target", str(tiny_bundle),
+                          "--new-tokens", "16", "--batch-sizes", "2", "--repeats", "1"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(out.stdout)
+    row = result["batches"]["2"]
+    assert set(row) == {"plain", "mogu", "released"}
+    assert row["mogu"]["time_ratio_vs_plain"] > 0 and row["mogu"]["speedup_vs_released"] > 0
+    assert all(v["seconds"] > 0 and v["peak_rss_mb"] > 0 for v in row.values())

@@ -1,0 +1,504 @@
+"""Training: data validation, synthesis, the three stages, resumption and output safety (tiny models)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from collections import namedtuple
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mogu.io.files import write_json_atomic
+from mogu.io.provenance import resolved_dict
+from mogu.model.config import DecodingConfig, ExpertConfig, RouterConfig
+from mogu.io.jsonl import JsonlError
+from mogu.model import MoGUModel
+from mogu.model.positions import decision_mask
+from mogu.train import config as train_config
+from mogu.train import loop
+from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame, framed_copies
+from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
+from mogu.train.config import FramingConfig, TrainConfig, load_train_config
+from mogu.train.data import Record, affirmative_opening, load_records
+from mogu.train.pipeline import OutputExistsError, bundle_train_config, train
+from mogu.train.stages import ratio_loss, router_decoding, router_gate_loss, routed_validation
+from tests.support.models import randomize
+from tests.support.training import tiny_config, write_jsonl
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "a", "instruction": "x", "label": "harmful"', r":2: invalid JSON"),
+        ('{"id": "a", "label": "harmful"}', r":2: missing field 'instruction'"),
+        ('{"id": "a", "instruction": "   ", "label": "benign"}', r":2: field 'instruction' is empty"),
+        ('{"id": "a", "instruction": "Bake bread", "label": "nice"}', r":2: field 'label' is 'nice'"),
+        ('{"id": "a", "instruction": "Bake bread", "label": "benign", "colour": 1}', r":2: unknown field"),
+        ('{"id": "a", "instruction": "Bake bread", "label": "benign", "split": "dev"}', r":2: field 'split'"),
+        ('{"id": "a", "instruction": 5, "label": "benign"}', r":2: field 'instruction' must be str"),
+        ('{"id": "z", "instruction": "how do I bake BREAD?!", "label": "benign"}', r":2: field 'instruction': duplicate of line 1"),
+        ('{"id": "first", "instruction": "Something else", "label": "benign"}', r":2: field 'id': duplicate id 'first'"),
+    ],
+)
+def test_bad_instruction_files_name_file_line_and_field(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", ['{"id": "first", "instruction": "How do I bake bread", "label": "benign"}', line])
+    with pytest.raises(JsonlError, match=message):
+        load_records(path)
+
+
+def test_packaged_seed_data_loads():
+    records = load_records()
+    assert {r.label for r in records} == {"harmful", "benign", "borderline"}
+    assert {r.split for r in records} == {"train", "val", "test"}
+
+
+def test_affirmative_openings_restate_the_request_only():
+    record = Record("x", "How do I pick my neighbour's lock?", "harmful")
+    opening = affirmative_opening(record)
+    assert opening.endswith("how to pick your neighbour's lock:")
+    assert opening.split()[0] in {"Sure,", "Certainly!", "Of", "Sure!"}
+    assert affirmative_opening(Record("y", "Zebras?", "harmful")).endswith("what you asked for:")
+
+
+def test_framed_copies_keep_label_and_responses_and_never_touch_the_test_split():
+    records = [replace(r, compliant=f"yes {r.id}", refusal=f"no {r.id}") for r in load_records()]
+    framing = FramingConfig(train_fraction=0.5, val_fraction=0.25)
+    framed = framed_copies(records, framing)
+    assert framed[: len(records)] == records and framed_copies(records, framing) == framed
+    copies = framed[len(records) :]
+    by_id = {r.id: r for r in records}
+    for copy in copies:
+        source_id, framing = copy.id.rsplit("~", 1)
+        source = by_id[source_id]
+        assert (copy.label, copy.category, copy.split, copy.compliant, copy.refusal) == (
+            source.label, source.category, source.split, source.compliant, source.refusal)
+        assert copy.instruction == frame((TRAIN_FRAMINGS if copy.split == "train" else VAL_FRAMINGS)[framing],
+                                         source.instruction)
+    for split, fraction in (("train", 0.5), ("val", 0.25)):
+        for label in ("harmful", "benign", "borderline"):
+            n = sum(r.split == split and r.label == label for r in records)
+            k = sum(c.split == split and c.label == label for c in copies)
+            assert abs(k / n - fraction) < 0.1, (split, label, k, n)
+    assert not any(c.split == "test" for c in copies)
+    assert {c.id.rsplit("~", 1)[1] for c in copies} == set(TRAIN_FRAMINGS) | set(VAL_FRAMINGS)
+    assert not set(TRAIN_FRAMINGS.values()) & set(VAL_FRAMINGS.values())
+    assert framed_copies(records, FramingConfig(train_fraction=0, val_fraction=0)) == records
+
+
+def test_framing_continues_the_request_in_lower_case_except_i_and_acronyms():
+    persona = TRAIN_FRAMINGS["persona"]
+    assert frame(persona, "How do I bake bread?").endswith("Max, how do I bake bread?")
+    assert frame(persona, "I need a recipe.").endswith("Max, I need a recipe.")
+    assert frame(persona, "DNS records, explained.").endswith("Max, DNS records, explained.")
+    assert frame(TRAIN_FRAMINGS["research"], "How do I bake bread?").endswith("this: How do I bake bread?")
+
+
+def test_over_long_examples_are_truncated_and_counted(llama_dir):
+    model = MoGUModel.from_base(str(llama_dir))
+    items = [("Bake bread " * 60, "Sure, here is how " * 20), ("Short one", "Fine.")]
+    out = tokenize_pairs(model, items, max_length=48, max_response_tokens=10)
+    assert out.truncated == 1
+    assert len(out.pairs) == 2
+    assert all(len(p.prompt) + len(p.response) <= 48 for p in out.pairs)
+    assert len(out.pairs[0].response) == 10
+
+
+def test_config_file_errors_name_the_field(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"router_stage": {"alpha": -1}}))
+    with pytest.raises(ValueError, match=r"train.json: field 'router_stage.alpha'"):
+        load_train_config(path)
+    path.write_text(json.dumps({"router_stage": {"alpha": -1}, "seed": "x", "expert": {"r": 0}}))
+    with pytest.raises(ValueError) as every:
+        load_train_config(path)
+    assert str(every.value).startswith(f"{path}: ")
+    for field in ("router_stage.alpha", "seed", "expert.r"):
+        assert f"field '{field}'" in str(every.value)
+    toml = tmp_path / "train.toml"
+    toml.write_text("seed = 3\n[router_stage]\nalpha = 4.0\n")
+    assert load_train_config(toml).router_stage.alpha == 4.0
+
+
+def test_config_files_are_read_with_tomli_before_python_3_11(tmp_path, monkeypatch):
+    """On 3.10 there is no tomllib: the module imports tomli, the same parser (simulated here)."""
+    import tomllib
+
+    version = namedtuple("version_info", "major minor micro releaselevel serial")
+    monkeypatch.setattr(sys, "version_info", version(3, 10, 14, "final", 0))
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # import tomllib fails, as on 3.10
+    monkeypatch.setitem(sys.modules, "tomli", tomllib)
+    spec = importlib.util.spec_from_file_location("train_config_on_3_10", train_config.__file__)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # pydantic resolves annotations in the module
+    spec.loader.exec_module(module)  # a copy: the imported mogu.train.config stays as it is
+    toml = tmp_path / "train.toml"
+    toml.write_text("seed = 3\n")
+    assert module.load_train_config(toml).seed == 3
+
+
+def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
+    config = tiny_config(llama_dir, instructions, framing=FramingConfig(val_fraction=1.0))
+    out = train(config, tmp_path / "bundle")
+    names = {p.name for p in out.iterdir()}
+    assert {"mogu_config.json", "glad", "unwill", "router.safetensors", "train_config.json", "train_log.jsonl",
+            "data.jsonl", "selection.json", "evaluation.json", "layers.json", "calibration.json"} <= names
+    assert not (tmp_path / "bundle.work").exists()
+    saved = json.loads((out / "train_config.json").read_text())
+    saved_config = TrainConfig.model_validate(saved["config"])
+    assert saved["config"]["base"] == str(llama_dir) and "git_commit" in saved["provenance"]
+    data = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    assert len(data) == 22 and all(d["compliant"] and d["refusal"] for d in data if d["split"] != "test")
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {e.get("stage") for e in log} >= {"data", "glad", "unwill", "router"}
+    assert any("validation" in e and "gate_accuracy" in e["validation"] for e in log)
+    validated = {(e["stage"], e["step"]) for e in log if "validation" in e}
+    assert not any(step == 0 for _, step in validated) and ("unwill", 2) in validated  # starting points are never validated
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert set(evaluation["refusal_rate"]) == {"harmful", "borderline"}
+    for row in evaluation["refusal_rate"].values():
+        for name in ("base", "mogu"):
+            low, high = row[f"{name}_ci95"]
+            assert 0 <= low <= row[name] <= high <= 1 and high - low > 0.2  # one or two prompts: wide intervals
+    # the bundle's routers are the calibrated ones: they answer the validation split as measured for the chosen shift
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert set(calibration["validation"]) == {str(s) for s in [0.0, *saved_config.calibration.shifts]}
+    records = framed_copies(load_records(out / "data.jsonl"), saved_config.framing)
+    val = [r for r in records if r.split == "val"]
+    assert any("~" in r.id for r in val)  # the framed validation copies are part of what calibration measured
+    behaviour = routed_validation(MoGUModel.from_pretrained(out), val, router_decoding(saved_config))
+    assert behaviour == pytest.approx(calibration["validation"][str(calibration["shift"])])
+    # the same command again finds the bundle done
+    assert train(config, out) == out
+
+
+def test_pipeline_in_bfloat16_trains_float32_experts_and_routers(llama_dir, instructions, tmp_path):
+    config = tiny_config(llama_dir, instructions, dtype="bfloat16", calibration={"shifts": []})
+    out = train(config, tmp_path / "bundle")
+    assert bundle_train_config(out).dtype == "bfloat16"
+    model = MoGUModel.from_pretrained(out, dtype="bfloat16")
+    assert model.base_model.dtype == torch.bfloat16
+    trained = {k: v for k, v in model.named_parameters() if "lora_" in k or ".router." in k}
+    assert trained and all(v.dtype == torch.float32 for v in trained.values())
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)
+    # the saved routers answer the validation split as the router stage measured, in the dtype they were trained in
+    selection = json.loads((out / "selection.json").read_text())["router"]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    measured = next(e["validation"] for e in log if e.get("stage") == "router" and e.get("step") == selection["selected_step"]
+                    and "validation" in e)
+    val = [r for r in framed_copies(load_records(out / "data.jsonl"), config.framing) if r.split == "val"]
+    assert routed_validation(model, val, router_decoding(config)) == pytest.approx(measured)
+
+
+def test_bundles_trained_before_a_setting_existed_read_what_they_were_trained_with(llama_dir, instructions, tmp_path):
+    saved = resolved_dict(tiny_config(llama_dir, instructions))
+    for field in ("dtype", "select_layers"):  # as written before these settings existed
+        del saved["config"][field]
+    for field in ("prompt", "reads", "first"):
+        del saved["config"]["router"][field]
+    write_json_atomic(tmp_path / "train_config.json", saved)
+    config = bundle_train_config(tmp_path)
+    assert (config.dtype, config.select_layers) == ("float32", None)
+    assert (config.router.prompt, config.router.reads, config.router.first) == ("routed", "own", "routers")
+    today = TrainConfig()  # not today's defaults
+    assert (today.dtype, today.select_layers) == ("auto", 6)
+    assert (today.router.prompt, today.router.reads, today.router.first) == ("base", "stack", "reader")
+    changed = bundle_train_config(tmp_path, {"router_stage": {"alpha": 3.0}, "seed": 4})
+    assert (changed.router_stage.alpha, changed.seed) == (3.0, 4)
+    assert changed.router_stage.lr == config.router_stage.lr  # a section is updated, not replaced
+
+
+def test_output_folder_with_other_content_is_refused(llama_dir, instructions, tmp_path):
+    out = tmp_path / "occupied"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        train(tiny_config(llama_dir, instructions), out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_training_data_without_a_validation_split_is_refused(llama_dir, instructions, tmp_path):
+    rows = [json.loads(line) for line in instructions.read_text().splitlines()]
+    data = write_jsonl(tmp_path / "no-val.jsonl", [{**r, "split": "train"} if r["label"] == "harmful" else r for r in rows])
+    with pytest.raises(JsonlError, match=r"no-val.jsonl: no harmful instructions with split 'val'"):
+        train(tiny_config(llama_dir, data), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
+@pytest.mark.parametrize("crash", ["after the first router checkpoint", "before the first router checkpoint"])
+def test_interrupted_training_resumes_to_the_same_result(llama_dir, instructions, tmp_path, monkeypatch, crash):
+    # with LoRA dropout on, so that the resumed run must also draw the dropout masks the uninterrupted run drew:
+    # from the router's checkpoint, or (no checkpoint yet) from the state the finished expert stages left
+    config = tiny_config(llama_dir, instructions).model_copy(update={"expert": ExpertConfig(dropout=0.3)})
+    reference = train(config, tmp_path / "reference")
+
+    real = loop._write_checkpoint
+    calls = {"n": 0}
+
+    def crash_in_the_router_stage(directory, *args):
+        if directory.parent.name == "router":
+            calls["n"] += 1
+            if crash.startswith("before"):
+                raise KeyboardInterrupt
+        real(directory, *args)
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_write_checkpoint", crash_in_the_router_stage)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out)
+    assert not out.exists()
+    work = tmp_path / "resumed.work"
+    assert (work / "glad" / "selection.json").is_file() and (work / "unwill" / "selection.json").is_file()
+    assert (work / "router" / "checkpoint").is_dir() == crash.startswith("after")
+    monkeypatch.setattr(loop, "_write_checkpoint", real)
+    train(config, out)
+    for name in ("router.safetensors", "glad/adapter_model.safetensors", "unwill/adapter_model.safetensors"):
+        a, b = load_file(str(reference / name)), load_file(str(out / name))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    # every router step's loss, the steps after the restart included (the selected step may come before them)
+    assert router_step_losses(out) == pytest.approx(router_step_losses(reference), abs=1e-6)
+
+
+def router_step_losses(bundle: Path) -> dict[int, float]:
+    """The router stage's loss per step in a bundle's training log (a resumed step's last entry)."""
+    events = [json.loads(line) for line in (bundle / "train_log.jsonl").read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in events if e.get("stage") == "router" and "loss" in e}
+
+
+def test_ratio_loss_is_guarded_at_both_ends():
+    ce_unwanted = torch.tensor([7.0, 2.0, 0.0], requires_grad=True)
+    loss = ratio_loss(torch.tensor([1.0, 1.0, 1.0]), ce_unwanted, floor=0.1, ceiling=5.0)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == pytest.approx((1 / 5 + 1 / 2 + 1 / 0.1) / 3)
+    assert ce_unwanted.grad[0] == 0 and ce_unwanted.grad[1] < 0 and ce_unwanted.grad[2] == 0
+
+
+@pytest.mark.parametrize("reads", ["own", "stack"])
+def test_router_warm_start_installs_per_layer_probes(llama_dir, reads):
+    from mogu.train.router_init import warm_start_routers
+
+    model = MoGUModel.from_base(str(llama_dir), router=RouterConfig(reads=reads))
+    texts = [(f"How do I build weapon {i}?", "I'm sorry, I can't.") for i in range(6)]
+    texts += [(f"Bake bread style {i}", "Sure, mix flour and water.") for i in range(6)]
+    pairs = tokenize_pairs(model, texts, 64, 8).pairs
+    items = [(p, i >= 6) for i, p in enumerate(pairs)]
+    accuracy = warm_start_routers(model, items, l2=1e-3, steps=50)
+    assert set(accuracy) == set(model.config.layers) and min(accuracy.values()) >= 0.9
+    with torch.no_grad(), model.mode("mogu", record=True):
+        inputs = collate([pairs[0], pairs[6]], model.tokenizer.pad_token_id)
+        inputs.pop("labels")
+        model(**inputs)
+    last = [len(pairs[0].prompt) - 1, len(pairs[6].prompt) - 1]
+    glad = model.gates()[:, [0, 1], last, 1].mean(0)
+    assert glad[0] < 0.5 < glad[1]  # harmful -> unwilling, benign -> glad
+
+
+def test_the_first_decisions_reader_is_fitted_on_the_base_models_reading_the_same_every_time(llama_dir):
+    from mogu.train.router_init import fit_reader
+
+    model = MoGUModel.from_base(str(llama_dir), router=RouterConfig(first="reader"))
+    texts = [(f"How do I build weapon {i}?", "I'm sorry, I can't.") for i in range(6)]
+    texts += [(f"Bake bread style {i}", "Sure, mix flour and water.") for i in range(6)]
+    items = [(p, i >= 6) for i, p in enumerate(tokenize_pairs(model, texts, 64, 8).pairs)]
+    assert fit_reader(model, items, l2=1e-3, steps=50) >= 0.9
+    fitted = {k: v.clone() for k, v in model.reader.state_dict().items()}
+    decoding = DecodingConfig(max_new_tokens=2, min_new_tokens=2, return_gates=True)
+    harmful, benign = model.generate([texts[0][0], texts[6][0]], decoding)
+    assert harmful.gates[0, :, 1].max() < 0.5 < benign.gates[0, :, 1].min()  # every layer takes its decision
+    with torch.no_grad():
+        for router in model.named_routers().values():  # what training would have changed
+            for p in router.parameters():
+                p.add_(1.0)
+    fit_reader(model, items, l2=1e-3, steps=50)  # a resumed router stage fits it again
+    assert all(torch.equal(v, fitted[k]) for k, v in model.reader.state_dict().items())
+
+
+def test_router_inputs_are_those_of_the_full_sequence(llama_dir):
+    # collect_router_inputs runs only the first response token, and reads
+    # the prompt as training does (router.prompt "base": the base model up to the last prompt token)
+    from mogu.train.router_init import collect_router_inputs
+
+    model = randomize(MoGUModel.from_base(str(llama_dir)))  # experts that matter: routing changes later inputs
+    pairs = tokenize_pairs(model, [("Bake bread", "Sure, mix flour and water."), ("Hi", "Hello there, friend.")], 64, 8).pairs
+    features, labels = collect_router_inputs(model, [(pairs[0], True), (pairs[1], False)])
+    layer = model.layers[-1]
+
+    def full_sequence_inputs(with_labels: bool) -> torch.Tensor:
+        seen = []
+        handle = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))  # the projection's input
+        try:
+            inputs = collate(pairs, model.tokenizer.pad_token_id)
+            routed_by = inputs.pop("labels")
+            with torch.no_grad(), model.mode("mogu", labels=routed_by if with_labels else None):
+                model(**inputs)
+        finally:
+            handle.remove()
+        return torch.cat([seen[0][row, len(p.prompt) - 1 : len(p.prompt)] for row, p in enumerate(pairs)]).float()
+
+    assert labels.tolist() == [1.0, 0.0]
+    assert torch.allclose(features[layer.layer_index], full_sequence_inputs(with_labels=True), atol=1e-5)
+    assert not torch.allclose(features[layer.layer_index], full_sequence_inputs(with_labels=False), atol=1e-3)
+
+
+def test_router_stage_routes_only_the_decision_positions(llama_dir):
+    # the router loss reads the prompt with the base model, as generation does (router.prompt "base")
+    from mogu.train.stages import router_stage
+
+    model = randomize(MoGUModel.from_base(str(llama_dir)))
+    records = [Record(f"h{i}", f"How do I build weapon {i}?", "harmful", compliant="Sure, here", refusal="I can't.")
+               for i in range(2)]
+    records += [Record(f"b{i}", f"Bake bread style {i}", "benign", compliant="Mix flour.", refusal="I can't.") for i in range(2)]
+    stage = router_stage(model, records, tiny_config(llama_dir, None), lambda *_: None)
+    seen = []
+    handle = model.layers[0].register_forward_pre_hook(lambda layer, _args: seen.append(layer.state.routed))
+    try:
+        stage.loss(stage.items)
+    finally:
+        handle.remove()
+    batch = collate([pair for pair, _ in stage.items], model.tokenizer.pad_token_id)
+    assert seen and seen[0] is not None and torch.equal(seen[0], decision_mask(batch["labels"]))
+    assert model.state.routed is None
+
+
+def test_response_ce_equals_the_full_logits_ce(tiny_dir, monkeypatch):
+    # logits only at response positions (logits_to_keep mask) give the CE of the full logits, per sequence
+    from mogu.train import batches
+
+    model = MoGUModel.from_base(str(tiny_dir))
+    pairs = tokenize_pairs(model, [("Bake bread", "Sure, mix flour and water."), ("Hi", "Hello.")], 64, 8).pairs
+    batch = collate(pairs, model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = []
+        for row, p in enumerate(pairs):
+            start = len(p.prompt)
+            predicted = logits[row, start - 1 : start + len(p.response) - 1]
+            expected.append(torch.nn.functional.cross_entropy(predicted, torch.tensor(p.response)))
+        assert batches._keeps_logits_by_mask(type(model.base_model))  # transformers >= 5: the mask path is taken
+        assert torch.allclose(batches.response_ce(model, batch), torch.stack(expected), atol=1e-5)
+        monkeypatch.setattr(batches, "_keeps_logits_by_mask", lambda _cls: False)  # models without the mask path
+        assert torch.allclose(batches.response_ce(model, batch), torch.stack(expected), atol=1e-5)
+
+
+def test_gate_mask_positions():
+    labels = torch.full((2, 8), IGNORE)
+    labels[0, 3:7] = 1  # prompt 0-2, response 3-6, padding 7
+    labels[1, 2:8] = 1
+    attention = torch.tensor([[1] * 7 + [0], [1] * 8])
+    decision = gate_mask(labels, attention, "base")  # the base model reads the prompt: decision positions only
+    assert decision[0].nonzero().flatten().tolist() == [2, 3, 4, 5]  # last prompt token .. second-last response token
+    assert decision[1].nonzero().flatten().tolist() == [1, 2, 3, 4, 5, 6]
+    assert gate_mask(labels, attention, "routed").equal(attention.bool())  # the prompt routed too: every position
+
+
+def test_gate_loss_bce_keeps_a_gradient_where_mse_saturates():
+    # one benign example, one layer, two positions; the glad gate saturated on the wrong side
+    logits = torch.tensor([[[[-12.0, -12.0], [3.0, 0.0]]]], requires_grad=True)  # (B1, L1, T2, 2)
+    positions = torch.tensor([[True, False]])  # only position 0 counts
+    grads = {}
+    for kind in ("mse", "bce"):
+        logits.grad = None
+        loss = router_gate_loss(torch.sigmoid(logits), [True], positions, kind)
+        loss.backward()
+        grads[kind] = logits.grad.clone()
+    assert grads["mse"][0, 0, 1].abs().max() == 0 and grads["bce"][0, 0, 1].abs().max() == 0  # masked position
+    assert abs(grads["mse"][0, 0, 0, 1]) < 1e-4  # squared error: the wrong-side gate hardly moves
+    assert grads["bce"][0, 0, 0, 1] == pytest.approx(-1.0, abs=1e-3)  # cross-entropy: full gradient towards glad
+    assert router_gate_loss(torch.tensor([[[[0.0, 1.0]]]]), [True], torch.tensor([[True]]), "bce") < 1e-5
+
+
+def test_best_layers_keeps_the_best_in_model_order():
+    from mogu.train.layer_select import best_layers
+
+    scores = {0: 0.7, 1: 0.9, 2: 0.8, 3: 0.9}
+    assert best_layers(scores, 2) == [1, 3] and best_layers(scores, 3) == [1, 2, 3]
+    assert best_layers({0: 0.5, 1: 0.5}, 1) == [1]  # a tie goes to the deeper layer
+    assert best_layers(scores, 5) == [0, 1, 2, 3]  # a model with fewer layers routes them all
+
+
+def test_pipeline_routes_only_the_layers_that_separate_best(llama_dir, instructions, tmp_path):
+    out = train(tiny_config(llama_dir, instructions, select_layers=1), tmp_path / "bundle")
+    measured = json.loads((out / "layers.json").read_text())
+    scores = {int(k): v for k, v in measured["balanced_val_accuracy"].items()}
+    assert set(scores) == set(MoGUModel.from_base(str(llama_dir)).config.layers) and len(scores) > 1
+    assert measured["selected"] == [max(scores, key=lambda k: (scores[k], k))]
+    model = MoGUModel.from_pretrained(out)
+    assert model.config.layers == measured["selected"] and len(model.layers) == 1
+    assert set(load_file(str(out / "router.safetensors"))) == {
+        f"layers.{measured['selected'][0]}.{k}" for k in model.layers[0].router.state_dict()} | {
+        f"reader.{k}" for k in model.reader.state_dict()}  # the first decision's reader reads the one routed layer
+    assert model.reader.glad.weight.shape[-1] == model.layers[0].in_features
+
+
+@pytest.mark.parametrize("first", ["routers", "reader"])
+def test_calibration_applies_the_best_validation_shift_once_even_after_an_interruption(
+    llama_dir, instructions, tmp_path, monkeypatch, first
+):
+    from mogu.train import calibrate, pipeline
+
+    router = {"first": first}
+    uncalibrated = train(tiny_config(llama_dir, instructions, calibration={"shifts": []}, router=router),
+                         tmp_path / "uncalibrated")
+    assert not (uncalibrated / "calibration.json").exists()
+    # a random tiny model refuses nothing whatever the shift: stand in for the measurement, shifts in sorted order
+    measured = iter([0.6, 0.9, 0.7])
+    monkeypatch.setattr(calibrate, "routed_validation", lambda *args: {"balanced": next(measured)})
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "evaluate_seed_split", interrupt)
+    config = tiny_config(llama_dir, instructions, calibration={"shifts": [2.0, -1.0, 1.0]}, router=router)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "calibrated")
+    monkeypatch.undo()  # a second measurement would now fail: the resumed run must reuse the recorded choice
+    monkeypatch.setattr(calibrate, "routed_validation", None)
+    out = train(config, tmp_path / "calibrated")
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["shift"] == 1.0 and set(calibration["validation"]) == {"0.0", "-1.0", "1.0", "2.0"}
+    before, after = load_file(str(uncalibrated / "router.safetensors")), load_file(str(out / "router.safetensors"))
+    # the first decision's reader, when there is one, is fitted (it reads something) and shifted like the routers
+    assert ("reader.glad.weight" in before) == (first == "reader")
+    assert first == "routers" or before["reader.glad.weight"].abs().sum() > 0
+    for key, value in before.items():
+        change = {"glad.bias": 1.0, "unwill.bias": -1.0}.get(".".join(key.split(".")[-2:]), 0.0)
+        assert torch.allclose(after[key], value + change, atol=1e-6), key
+
+
+def test_train_command_runs_stage_by_stage_to_the_same_bundle(llama_dir, instructions, tmp_path):
+    from typer.testing import CliRunner
+
+    from mogu.cli import app
+
+    config = tmp_path / "train.json"
+    config.write_text(tiny_config(llama_dir, instructions).model_dump_json())
+    reference = train(tiny_config(llama_dir, instructions), tmp_path / "reference")
+    out, work = tmp_path / "staged", tmp_path / "staged.work"
+
+    def run(*extra: str) -> str:
+        result = CliRunner().invoke(app, ["train", "--out", str(out), "--config", str(config), *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "stage unwill done" in run("--stage", "unwill")
+    assert (work / "unwill" / "selection.json").is_file() and not (work / "glad").exists() and not out.exists()
+    assert "stage router done" in run("--stage", "router")  # trains the glad expert it still needs, then the router
+    assert (work / "glad" / "selection.json").is_file() and (work / "calibration.json").is_file() and not out.exists()
+    finished = run()  # finishes: evaluation and the bundle
+    assert "refusal rate on the seed test split" in finished
+    assert re.search(r"harmful +1 +\d+\.\d% \[\d+-\d+\] +\d+\.\d% \[\d+-\d+\]", finished), finished
+    assert not work.exists()
+    for name in ("router.safetensors", "glad/adapter_model.safetensors", "unwill/adapter_model.safetensors"):
+        a, b = load_file(str(reference / name)), load_file(str(out / name))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    bad = CliRunner().invoke(app, ["train", "--out", str(out), "--stage", "everything"])
+    assert bad.exit_code != 0 and "everything" in bad.output
+    with pytest.raises(ValueError, match="unknown stage 'everything'"):
+        train(tiny_config(llama_dir, instructions), tmp_path / "other", stage="everything")  # type: ignore[arg-type]
