@@ -46,7 +46,7 @@ def load(target: str):
     """A bundle (its routers folded to the linear shape on load), or fresh linear routers on a base model."""
     from mogu.model.config import RouterConfig
     from mogu.model import MoGUModel
-    from mogu.model.bundle import is_bundle
+    from mogu.model.bundle_files import is_bundle
 
     return MoGUModel.from_pretrained(target) if is_bundle(target) else MoGUModel.from_base(target, router=RouterConfig(shape="linear"))
 
@@ -55,7 +55,7 @@ def run_variant(variant: str, target: str, batch: int, new_tokens: int, repeats:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mogu.model.config import DecodingConfig
-    from mogu.model.bundle import is_bundle, read_config
+    from mogu.model.bundle_files import is_bundle, read_config
     from mogu.model.chat import format_chat
     from mogu.model.loading import resolve_model_path
 

@@ -61,7 +61,26 @@ def test_bad_config_names_the_field(bundle):
     payload["config"]["expert"]["r"] = "eight"
     payload.pop("files")
     (bundle / "mogu_config.json").write_text(json.dumps(payload))
-    with pytest.raises(BundleError, match=r"field 'config\.expert\.r'"):
+    with pytest.raises(BundleError, match=r"written by mogu \S+, which this mogu .* field 'config\.expert\.r'"):
+        MoGUModel.from_pretrained(bundle)
+
+
+def test_a_bundle_written_by_mogu_0_1_loads(bundle):
+    # 0.1 bundles saved a hand-over setting ("faithful" by default); the hand-over is always faithful now
+    payload = json.loads((bundle / "mogu_config.json").read_text())
+    payload["config"]["handover"] = "faithful"
+    payload["config"]["mogu_version"] = payload["provenance"]["mogu"] = "0.1.0"
+    (bundle / "mogu_config.json").write_text(json.dumps(payload))
+    model = MoGUModel.from_pretrained(bundle)
+    assert "handover" not in model.config.model_dump()
+
+
+def test_a_bundle_from_a_newer_version_names_its_version(bundle):
+    payload = json.loads((bundle / "mogu_config.json").read_text())
+    payload["config"]["some_future_setting"] = 1
+    payload["provenance"]["mogu"] = "9.0.0"
+    (bundle / "mogu_config.json").write_text(json.dumps(payload))
+    with pytest.raises(BundleError, match=r"written by mogu 9\.0\.0.*some_future_setting"):
         MoGUModel.from_pretrained(bundle)
 
 
@@ -114,7 +133,7 @@ def test_a_crash_while_saving_keeps_the_old_bundle(bundle, llama_dir, monkeypatc
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mogu.model.bundle.save_file", explode)
+    monkeypatch.setattr("mogu.model.bundle_files.save_file", explode)
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(bundle)
     assert {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from mogu.model.config import DecodingConfig, RouterConfig
 from mogu.model.generation import encode_prompts, generate
 from mogu.model import MoGUModel
-from mogu.model.bundle import read_config
+from mogu.model.bundle_files import read_config
 from mogu.model.layer import MoGULayer
 from mogu.model.router import Router
 

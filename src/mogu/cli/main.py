@@ -62,7 +62,7 @@ def info(target: Target, dtype: Dtype = "auto") -> None:
     """Architecture, routed projections and parameter counts of a bundle or a base model."""
     from mogu.model.config import RouterConfig
     from mogu.model import MoGUModel
-    from mogu.model.bundle import is_bundle
+    from mogu.model.bundle_files import is_bundle
     from mogu.model.router import Router
 
     try:
@@ -277,7 +277,7 @@ def eval_command(
     """Refusal rates of defenses on harmful and benign suites: report.json, report.md, plots (see docs/EVAL.md)."""
     from mogu.eval.report import format_markdown
     from mogu.eval.runner import build_suites, evaluate, parse_defense_options, parse_judge_spec
-    from mogu.model.bundle import is_bundle
+    from mogu.model.bundle_files import is_bundle
 
     decoding = _decoding(max_new_tokens=max_new_tokens)
     try:

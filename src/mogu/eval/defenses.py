@@ -48,7 +48,7 @@ from mogu.io.provenance import provenance
 from mogu.model.config import DecodingConfig, StrictModel
 from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel
-from mogu.model.bundle import ADAPTER_WEIGHTS
+from mogu.model.bundle_files import ADAPTER_WEIGHTS
 from mogu.model.chat import ChatInput, format_chat
 from mogu.model.probe import balanced_accuracy, fit_logistic
 from mogu.train.config import FramingConfig

@@ -42,7 +42,7 @@ from mogu.judging.verdict import Judge, Verdict, verdict_for
 from mogu.eval.report import build_report, write_report
 from mogu.eval.suites import Prompt, Suite, parse_suite_spec, seed_suites
 from mogu.io.jsonl import append_jsonl, done_ids, read_jsonl
-from mogu.model.bundle import is_bundle
+from mogu.model.bundle_files import is_bundle
 from mogu.model.loading import resolve_dtype
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from mogu.io.provenance import resolved_dict
 from mogu.model.config import DecodingConfig, with_older_router
 from mogu.judging.stats import wilson_interval
 from mogu.model import MoGUModel
-from mogu.model.bundle import Stage, is_bundle
+from mogu.model.bundle import Stage
+from mogu.model.bundle_files import is_bundle
 from mogu.train.augment import framed_copies
 from mogu.train.calibrate import apply_router_shift, choose_router_shift
 from mogu.train.config import TrainConfig
