@@ -29,7 +29,7 @@ class ServeConfig(StrictModel):
     """
 
     host: str = Field("127.0.0.1", description="interface to bind; loopback unless you mean to expose the model")
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: any free port)")
     api_key: Optional[str] = Field(None, description="when set, requests need 'Authorization: Bearer <key>'")
     model_name: Optional[str] = Field(None, description="name reported by /v1/models (default: from the target)")
     max_batch_size: int = Field(8, ge=1, description="requests decoded together in one generate call")
