@@ -7,6 +7,7 @@ finished record and can resume by skipping the ids already written.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,11 @@ class JsonlError(ValueError):
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line."""
+    """Yield (line number, object) for each non-blank line; a ``.gz`` file is read through gzip."""
     path = Path(path)
     if not path.is_file():
         raise JsonlError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mogu.train.config import FramingConfig
-from mogu.train.data import Record, stable_fraction
+from mogu.train.data import VALIDATION_SPLITS, Record, stable_fraction
 
 # {request}: the instruction as written; {lower}: the same, starting lower case (to continue a sentence).
 TRAIN_FRAMINGS: dict[str, str] = {
@@ -72,12 +72,13 @@ def framed_copy(record: Record, templates: list[tuple[str, str]], draw: str) -> 
 
 def framed_copies(records: list[Record], framing: FramingConfig) -> list[Record]:
     """``records`` plus framed copies of a stable ``framing.train_fraction`` of the training instructions
-    (training framings) and of a stable ``framing.val_fraction`` of the validation ones (validation framings).
+    (training framings) and of a stable ``framing.val_fraction`` of the validation ones, every validation split
+    (validation framings).
     A copy keeps the label, category, split and responses; its id is ``"{id}~{framing}"``. Test records are
     never framed.
     """
     by_split = {"train": (framing.train_fraction, sorted(TRAIN_FRAMINGS.items())),
-                "val": (framing.val_fraction, sorted(VAL_FRAMINGS.items()))}
+                **{split: (framing.val_fraction, sorted(VAL_FRAMINGS.items())) for split in VALIDATION_SPLITS}}
     copies: list[Record] = []
     for record in records:
         fraction, templates = by_split.get(record.split, (0.0, []))

@@ -21,7 +21,7 @@ from pathlib import Path
 from mogu.io.files import write_json_atomic
 from mogu.model import MoGUModel
 from mogu.train.config import TrainConfig
-from mogu.train.data import Record
+from mogu.train.data import Record, validation_records
 from mogu.train.stages import router_decoding, routed_validation
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def shift_routers(model: MoGUModel, shift: float) -> None:
 
 
 def choose_router_shift(model: MoGUModel, records: list[Record], config: TrainConfig, trained: dict, path: Path) -> None:
-    """Measure each candidate shift on the validation split and record all of them and the choice in ``path``.
+    """Measure each candidate shift on the validation splits and record all of them and the choice in ``path``.
 
     ``trained`` is the router stage's validation of its selected checkpoint
     (shift 0: not measured again). The routers are left as they were.
@@ -41,7 +41,7 @@ def choose_router_shift(model: MoGUModel, records: list[Record], config: TrainCo
     """
     if path.is_file():
         return
-    val = [r for r in records if r.split == "val"]
+    val = validation_records(records, config.validation, config.validation_per_label)
     measured = {0.0: trained}
     for shift in sorted(set(config.calibration.shifts) - {0.0}):
         shift_routers(model, shift)

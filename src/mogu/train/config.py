@@ -131,7 +131,18 @@ class TrainConfig(StrictModel):
         "auto", description="weights of the frozen base model; 'auto': bfloat16 where it is fast (a CUDA GPU that "
         "supports it, or a CPU with AMX tiles), else float32. Experts and routers train in float32 either way"
     )
-    data: Path | None = Field(None, description="instructions JSONL (docs/data.md); None: the packaged seed data")
+    data: Path | None = Field(
+        None, description="instructions JSONL, optionally gzipped (docs/data.md); None: the packaged seed data"
+    )
+    validation: list[Literal["val", "val_heldout", "val_style"]] = Field(
+        ["val"], min_length=1, description="the splits that choose the routed layers, the checkpoints and the "
+        "calibration: 'val' a random slice of the training pool, 'val_heldout' whole categories and task types never "
+        "trained on, 'val_style' instructions written in another style"
+    )
+    validation_per_label: int | None = Field(
+        None, ge=1, description="at most this many instructions of each label from each validation split (a stable "
+        "draw); None: all"
+    )
     target_module: str | None = Field(
         None, description="the projection to route, named inside a decoder layer (e.g. 'self_attn.o_proj'); None: "
         "the attention output projection of the architecture"

@@ -6,7 +6,11 @@ Schema of a record (JSON Lines, one object per line; documented in docs/DATA.md)
     instruction  str, non-empty, unique after normalisation
     label        "harmful" | "benign" | "borderline"  (borderline = looks risky, is benign)
     category     str, optional
-    split        "train" | "val" | "test", optional (default: a stable hash of the id, 80/20 train/val)
+    style        str, optional: how the instruction is written (terse, chatty, texting, ...)
+    split        "train" | "val" | "val_heldout" | "val_style" | "test", optional (default: a stable hash of the
+                 id, 80/20 train/val); the validation splits: "val" a random slice of the training pool,
+                 "val_heldout" whole categories and task types never trained on, "val_style" instructions
+                 written in a style the training rows never use
     compliant    str, optional: an answer that complies (harmful: an affirmative opening only)
     refusal      str, optional: an answer that refuses
 
@@ -39,7 +43,8 @@ from mogu.model import MoGUModel
 log = logging.getLogger(__name__)
 
 LABELS = ("harmful", "benign", "borderline")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "val_heldout", "val_style", "test")
+VALIDATION_SPLITS = ("val", "val_heldout", "val_style")
 
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
@@ -65,6 +70,7 @@ class Record:
     label: str
     category: str = ""
     split: str = "train"
+    style: str = ""
     compliant: str | None = None
     refusal: str | None = None
 
@@ -120,20 +126,37 @@ def load_records(path: Path | None = None) -> list[Record]:
             responses[name] = value
         ids[key], texts[norm] = number, number
         records.append(Record(key, instruction.strip(), label, field(raw, "category", str, where, required=False) or "",
-                              split, **responses))
+                              split, field(raw, "style", str, where, required=False) or "", **responses))
     if not records:
         raise JsonlError(f"{path}: no instructions")
     return records
 
 
-def check_training_splits(records: list[Record], path: Path | None) -> None:
-    """Training needs harmful and benign-or-borderline instructions in both train and val (val selects checkpoints)."""
+def check_training_splits(records: list[Record], path: Path | None, validation: Iterable[str] = ("val",)) -> None:
+    """Training needs harmful and benign-or-borderline instructions in 'train' and among the ``validation``
+    splits (they select layers, checkpoints and the calibration)."""
+    validation = tuple(validation)
     for harmful in (True, False):
-        for split in ("train", "val"):
-            if not any(r.split == split and r.benign != harmful for r in records):
+        for splits in (("train",), validation):
+            if not any(r.split in splits and r.benign != harmful for r in records):
                 kind = "harmful" if harmful else "benign or borderline"
-                raise JsonlError(f"{path or seed_path()}: no {kind} instructions with split {split!r}; training needs "
-                                 "both kinds in 'train' and in 'val' (the validation split selects checkpoints)")
+                raise JsonlError(f"{path or seed_path()}: no {kind} instructions with split {' or '.join(splits)}; "
+                                 f"training needs both kinds in 'train' and in the validation splits {list(validation)} "
+                                 "(they select checkpoints)")
+
+
+def validation_records(records: list[Record], splits: Iterable[str], per_label: int | None) -> list[Record]:
+    """The records that select layers, checkpoints and the calibration: those of ``splits``, at most
+    ``per_label`` of each label in each split (a stable draw by id, so every stage reads the same ones), in
+    their given order."""
+    chosen = [r for r in records if r.split in set(splits)]
+    if per_label is None:
+        return chosen
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for record in chosen:
+        groups.setdefault((record.split, record.label), []).append(record)
+    keep = {id(r) for group in groups.values() for r in sorted(group, key=lambda r: stable_fraction(r.id + "~val"))[:per_label]}
+    return [r for r in chosen if id(r) in keep]
 
 
 _REWRITES: tuple[tuple[str, str], ...] = (

@@ -24,7 +24,7 @@ from mogu.model.probe import balanced_accuracy, fit_logistic
 from mogu.model.targets import find_targets
 from mogu.train.batches import Pair, tokenize_pairs
 from mogu.train.config import TrainConfig
-from mogu.train.data import Record
+from mogu.train.data import Record, validation_records
 from mogu.train.router_init import by_length, collect_router_inputs, router_features
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,9 @@ def prompt_pairs(model: MoGUModel, records: list[Record], max_length: int) -> li
     return tokenize_pairs(model, [(r.instruction, ".") for r in records], max_length, 1).pairs
 
 
-def prompt_items(model: MoGUModel, records: list[Record], split: str, max_length: int) -> list[tuple[Pair, bool]]:
-    """The prompts of ``split`` with their benign labels, for probes (sorted by length)."""
-    chosen = [r for r in records if r.split == split]
+def prompt_items(model: MoGUModel, records: list[Record], split: str | None, max_length: int) -> list[tuple[Pair, bool]]:
+    """The prompts of ``split`` (None: all of ``records``) with their benign labels, for probes (sorted by length)."""
+    chosen = [r for r in records if split is None or r.split == split]
     return by_length([(pair, r.benign) for pair, r in zip(prompt_pairs(model, chosen, max_length), chosen)])
 
 
@@ -80,7 +80,9 @@ def select_routed_layers(model: MoGUModel, records: list[Record], config: TrainC
     ``config.select_layers`` of them and record both in ``path`` (reused on resume)."""
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["selected"]
-    split_items = {split: prompt_items(model, records, split, config.max_length) for split in ("train", "val")}
+    validation = validation_records(records, config.validation, config.validation_per_label)
+    split_items = {"train": prompt_items(model, records, "train", config.max_length),
+                   "val": prompt_items(model, validation, None, config.max_length)}
     probe = config.router_stage
     candidates = [t.layer for t in find_targets(model.base_model, config.target_module, config.layers)]
     own = {layer: (layer,) for layer in candidates}

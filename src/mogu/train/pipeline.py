@@ -125,7 +125,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
         raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGE_NEEDS)}")
     out = Path(out)
     records = load_records(config.data)
-    check_training_splits(records, config.data)  # before anything is loaded or written
+    check_training_splits(records, config.data, config.validation)  # before anything is loaded or written
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
     work, done = prepare_output(config, out, overwrite)
     if done:

@@ -18,7 +18,7 @@ from mogu.model.generation import Generation
 from mogu.model import MoGUModel
 from mogu.train.batches import Pair, collate, gate_mask, mean_response_ce, response_ce, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig
-from mogu.train.data import Record
+from mogu.train.data import Record, validation_records
 from mogu.train.loop import Stage
 from mogu.train.router_init import fit_reader, warm_start_routers
 
@@ -57,11 +57,12 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     stage_cfg: ExpertStageConfig = getattr(config, name)
     wants_harmful = name == "glad"
     train = [r for r in records if r.split == "train" and (r.label == "harmful") == wants_harmful]
-    val = [r for r in records if r.split == "val" and (r.label == "harmful") == wants_harmful]
+    validation = validation_records(records, config.validation, config.validation_per_label)
+    val = [r for r in validation if (r.label == "harmful") == wants_harmful]
     # Fluency: the expert's CE on its *wanted* kind of response to the other label's validation
     # instructions (glad: benign answers; unwill: refusals of harmful requests). The unwanted kind
     # is what the ratio loss pushes away, so it cannot measure fluency.
-    fluency_records = [r for r in records if r.split == "val" and (r.label == "harmful") != wants_harmful]
+    fluency_records = [r for r in validation if (r.label == "harmful") != wants_harmful]
     max_resp = config.synthesis.max_response_tokens
 
     def wanted(r: Record) -> str:
@@ -156,7 +157,7 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     stage_cfg: RouterStageConfig = config.router_stage
     max_resp = config.synthesis.max_response_tokens
     train = [r for r in records if r.split == "train"]
-    val = [r for r in records if r.split == "val"]
+    val = validation_records(records, config.validation, config.validation_per_label)
 
     def target(r: Record) -> str:
         return r.compliant if r.benign else r.refusal
