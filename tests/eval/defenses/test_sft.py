@@ -12,22 +12,23 @@ from mogu.eval.defenses.sft import SFTDefense
 from mogu.train import loop
 
 
-def test_sft_trains_through_the_training_loop_once(model, cache, options, monkeypatch):
+def test_sft_trains_through_the_training_loop_once(model, options, tmp_path, monkeypatch):
     stages = []
     monkeypatch.setattr(sft_module, "run_stage", lambda stage, *a, **k: stages.append(stage) or loop.run_stage(stage, *a, **k))
-    defense = make_defense("sft", model, cache_dir=cache, options=options)
-    defense.prepare()  # trained now, or by an earlier test
-    assert [s.name for s in stages] in ([], ["sft"])
-    assert (cache / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+    defense = make_defense("sft", model, cache_dir=tmp_path, options=options)
+    defense.prepare()
+    assert [s.name for s in stages] == ["sft"] and len(stages[0].items) == 12  # the experts' loop, its own stage
+    assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "sft" / "work").exists() and not (tmp_path / "sft" / "sft.pending.json").exists()
     monkeypatch.setattr(sft_module, "run_stage", lambda *a, **k: pytest.fail("trained again"))
-    again = make_defense("sft", model, cache_dir=cache, options=options)
+    again = make_defense("sft", model, cache_dir=tmp_path, options=options)
     again.prepare()
     assert all(torch.equal(defense.state[k], again.state[k]) for k in defense.state)
     assert again.info()["train_examples"] == 12 and again.info()["selected_step"] is not None
-    ready = make_defense("sft", model, options={"sft": {"path": str(cache / "sft" / "adapter")}})
+    ready = make_defense("sft", model, options={"sft": {"path": str(tmp_path / "sft" / "adapter")}})
     ready.prepare()  # a plain PEFT adapter folder is used as it is
     assert all(torch.equal(defense.state[k], ready.state[k]) for k in defense.state)
-    other = make_defense("sft", model, cache_dir=cache, options={"sft": {**options["sft"], "lr": 0.5}})
+    other = make_defense("sft", model, cache_dir=tmp_path, options={"sft": {**options["sft"], "lr": 0.5}})
     with pytest.raises(DefenseError, match="other settings"):
         other.prepare()
 
