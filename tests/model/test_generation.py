@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 from pydantic import ValidationError
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LogitsProcessor
 
 from mogu.model.config import DecodingConfig, RouterConfig
 from mogu.model.generation import GenerationError, generate, with_cache
@@ -185,6 +185,31 @@ def test_sampling_with_a_seed_is_reproducible(mogu):
     assert first == [g.token_ids for g in generate(mogu, PROMPTS, decoding)]
     other = [g.token_ids for g in generate(mogu, PROMPTS, decoding.model_copy(update={"seed": 8}))]
     assert first != other
+
+
+def test_first_tokens_picks_the_routed_tokens_and_the_base_model_goes_on_after_them(mogu, plain):
+    """The ``first_tokens`` hook (SafeDecoding's): made once from the encoded prompts, its processor decides the
+    first ``routed_tokens`` tokens; the base model then writes what it writes after them."""
+    forced = mogu.tokenizer("bread", add_special_tokens=False)["input_ids"][0]
+    made, calls = [], []
+
+    class Force(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            calls.append(input_ids.shape[1])
+            return torch.full_like(scores, float("-inf")).index_fill_(-1, torch.tensor([forced]), 0.0)
+
+    def make(encoded):
+        made.append(encoded["attention_mask"].shape)
+        return Force()
+
+    results = generate(mogu, PROMPTS, GREEDY.model_copy(update={"mode": "base", "routed_tokens": 3}), first_tokens=make)
+    assert len(made) == 1 and made[0][0] == len(PROMPTS) and calls == [made[0][1] + i for i in range(3)]
+    for prompt, result in zip(PROMPTS, results):
+        assert result.token_ids[:3] == [forced] * 3
+        ids = torch.cat([prompt_ids(mogu, prompt), torch.tensor([[forced] * 3])], dim=1)
+        out = plain.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY.max_new_tokens - 3,
+                             do_sample=False, eos_token_id=mogu.tokenizer.eos_token_id, pad_token_id=mogu.tokenizer.pad_token_id)
+        assert result.token_ids[3:] == strip_eos(out[0, ids.shape[1] :].tolist(), mogu)
 
 
 def test_streaming_gives_the_same_text(mogu):

@@ -32,7 +32,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache
 from transformers.generation.streamers import BaseStreamer
 
@@ -69,6 +69,8 @@ class MoGUModel(Protocol):
 FinishReason = Literal["stop", "length"]
 #: ``on_text(row, delta)``: called with each new piece of text of each prompt as it is decoded.
 TextCallback = Callable[[int, str], None]
+#: ``make(encoded prompts)``: a ``LogitsProcessor`` for the first tokens (``mogu.eval.defenses.safedecoding``).
+FirstTokens = Callable[[dict[str, torch.Tensor]], LogitsProcessor]
 
 
 class GenerationError(ValueError):
@@ -303,10 +305,12 @@ def generate(
     prompts: ChatInput | Sequence[ChatInput],
     decoding: DecodingConfig | None = None,
     on_text: TextCallback | None = None,
+    first_tokens: FirstTokens | None = None,
 ) -> list[Generation]:
     """Generate answers for a batch of chat prompts (strings or message lists), one ``Generation`` each.
 
     A single prompt (a string, or one message list) is a batch of one: its answer is the list's only element.
+    ``first_tokens`` rewrites the scores of the first ``routed_tokens`` tokens (after the stock processors).
     """
     prompts = _as_batch(prompts)
     decoding = decoding or DecodingConfig()
@@ -337,12 +341,9 @@ def generate(
         try:
             with model.mode(decoding.mode, decoding.fixed), torch.no_grad():
                 out = model.base_model.generate(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    **with_cache(model.base_model, prompt_cache),
-                    generation_config=routed_config,
-                    streamer=streamer,
-                    **tokenizer_kw,
+                    input_ids=input_ids, attention_mask=mask, **with_cache(model.base_model, prompt_cache),
+                    generation_config=routed_config, streamer=streamer, **tokenizer_kw,
+                    logits_processor=LogitsProcessorList([first_tokens(enc)] if first_tokens is not None else []),
                 )
         finally:
             model.state.trace = model.state.first = None

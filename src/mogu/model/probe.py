@@ -2,7 +2,7 @@
 
 Shared by the layer selection (``train/layer_select.py``), the router warm
 start (``train/router_init.py``) and the detect-input baseline
-(``eval/defenses.py``).
+(``eval/defenses/detect_input.py``).
 """
 
 from __future__ import annotations

@@ -109,6 +109,11 @@ def _write_checkpoint(directory: Path, params: dict[str, torch.nn.Parameter], op
     shutil.rmtree(old, ignore_errors=True)
 
 
+def make_accelerator() -> Accelerator:
+    """The accelerator every training run uses: bf16 autocast where the hardware has it, else full precision."""
+    return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
+
+
 def restore_random_stream(workdir: Path, accelerator: Accelerator) -> None:
     """The random stream as the stage's last checkpoint left it: where a resumed stage goes on from, and,
     for a finished stage (checkpointed at its last step), where the next stage starts."""

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 
 from mogu.io.files import write_json_atomic
 from mogu.io.provenance import resolved_dict
@@ -32,7 +31,7 @@ from mogu.train.calibrate import apply_router_shift, choose_router_shift
 from mogu.train.config import TrainConfig
 from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
 from mogu.train.layer_select import select_routed_layers
-from mogu.train.loop import TrainLog, restore_random_stream, run_stage
+from mogu.train.loop import TrainLog, make_accelerator, restore_random_stream, run_stage
 from mogu.train.stages import expert_stage, refusal_count, router_stage
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     out = Path(out)
     records = load_records(config.data)
     check_training_splits(records, config.data, config.validation)  # before anything is loaded or written
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
+    accelerator = make_accelerator()
     work, done = prepare_output(config, out, overwrite)
     if done:
         log.info("%s is already trained with this config; nothing to do", out)

@@ -4,6 +4,8 @@ glad    harmful instructions: CE(compliant) / CE(refusal)  -- answer everything
 unwill  benign (and borderline) instructions: CE(refusal) / CE(compliant)  -- refuse everything
 router  experts and base frozen: CE(response under the mixed model) + alpha * gate loss,
         benign -> (compliant, gates (w_unwill 0, w_glad 1)), harmful -> (refusal, gates (1, 0))
+
+The evaluation's SFT baseline is a fourth stage (``sft_stage``): one fresh LoRA, plain CE on the wanted response.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from mogu.judging.keyword import RefusalJudge
 from mogu.model.generation import Generation
 from mogu.model import MoGUModel
 from mogu.train.batches import Pair, collate, gate_mask, mean_response_ce, response_ce, tokenize_pairs
-from mogu.train.config import ExpertStageConfig, RouterStageConfig, TrainConfig
-from mogu.train.data import Record, validation_records
+from mogu.train.config import ExpertStageConfig, RouterStageConfig, StageConfig, TrainConfig
+from mogu.train.data import Record, refusal_for, validation_records
 from mogu.train.loop import Stage
 from mogu.train.router_init import fit_reader, warm_start_routers
 
@@ -193,3 +195,33 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
         warm_start_routers(model, items, stage_cfg.probe_l2, stage_cfg.probe_steps)
 
     return Stage("router", stage_cfg, items, loss, validate, warm_start if stage_cfg.probe_init else None)
+
+
+def sft_stage(model: MoGUModel, train: list[Record], val: list[Record], config: StageConfig, max_length: int,
+              max_response_tokens: int, slot: str = "glad") -> Stage:
+    """The SFT baseline (``mogu.eval.defenses.sft``): a LoRA in expert ``slot``, started afresh (equal to the base
+    model), trained with plain CE on the response each instruction should get (benign: its compliant answer,
+    harmful: a refusal) and selected by the lowest CE on ``val``. The caller makes ``slot`` trainable."""
+
+    def pairs(records: list[Record]) -> list[Pair]:
+        wanted = [(r.instruction, r.compliant if r.benign else (r.refusal or refusal_for(r))) for r in records]
+        return tokenize_pairs(model, wanted, max_length, max_response_tokens).pairs
+
+    val_pairs = pairs(val)
+
+    def loss(batch_items: list[Pair]) -> tuple[torch.Tensor, dict[str, float], int]:
+        batch = {k: v.to(model.device) for k, v in collate(batch_items, model.tokenizer.pad_token_id).items()}
+        with model.mode(slot):
+            ce = response_ce(model, batch).mean()
+        return ce, {"loss": ce.item()}, int(batch["attention_mask"].sum())
+
+    def validate() -> tuple[tuple[float, ...], dict]:
+        ce = mean_response_ce(model, val_pairs, slot)
+        return (-ce,), {"val_ce": ce}
+
+    def fresh() -> None:
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.reset_experts((slot,))
+
+    return Stage("sft", config, pairs(train), loss, validate, fresh)
