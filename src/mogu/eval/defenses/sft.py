@@ -28,7 +28,7 @@ from mogu.eval.suites import Prompt
 from mogu.io.files import write_json_atomic
 from mogu.io.provenance import provenance
 from mogu.model import MoGUModel
-from mogu.model.bundle import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from mogu.model.bundle_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from mogu.model.config import DecodingConfig, StrictModel
 from mogu.train.augment import framed_copies
 from mogu.train.config import FramingConfig, StageConfig
