@@ -109,3 +109,22 @@ def test_config_prints_every_field_with_the_file_merged_over_the_defaults(tmp_pa
     path.write_text("routed_tokens = 0\n")
     result = invoke("config", "--config", str(path))
     assert result.exit_code != 0 and "routed_tokens" in result.output
+
+
+def test_config_prints_each_preset_resolved():
+    paper = json.loads(runner.invoke(app, ["config", "--preset", "paper"]).output)
+    default = json.loads(runner.invoke(app, ["config"]).output)
+    assert (paper["select_layers"], paper["routed_tokens"], paper["router"]["shape"]) == (None, 5, "paper")
+    assert (paper["router"]["reads"], paper["router"]["prompt"], paper["router"]["first"]) == ("own", "routed", "routers")
+    assert (paper["router_stage"]["gate_loss"], paper["calibration"]["shifts"]) == ("mse", [])
+    assert paper["glad"]["max_examples"] == default["glad"]["max_examples"] == 96  # a section keeps its own defaults
+    assert (default["select_layers"], default["routed_tokens"], default["router"]["first"]) == (6, 12, "reader")
+    result = runner.invoke(app, ["config", "--preset", "nope"])
+    assert result.exit_code == 2 and "unknown preset 'nope'" in result.output
+
+
+def test_train_takes_the_operating_point():
+    from mogu.train.config import load_train_config
+
+    config = load_train_config(None, "default", calibration={"max_benign_refusal": 0.02})
+    assert config.calibration.max_benign_refusal == 0.02 and config.calibration.shifts == [0.5]

@@ -449,7 +449,8 @@ def test_calibration_applies_the_best_validation_shift_once_even_after_an_interr
     assert not (uncalibrated / "calibration.json").exists()
     # a random tiny model refuses nothing whatever the shift: stand in for the measurement, shifts in sorted order
     measured = iter([0.6, 0.9, 0.7])
-    monkeypatch.setattr(calibrate, "routed_validation", lambda *args: {"balanced": next(measured)})
+    monkeypatch.setattr(calibrate, "routed_validation",
+                        lambda *args: {"balanced": next(measured), "harmful_refusal": 0.0, "benign_refusal": 0.0})
 
     def interrupt(*args):
         raise KeyboardInterrupt
@@ -502,3 +503,38 @@ def test_train_command_runs_stage_by_stage_to_the_same_bundle(llama_dir, instruc
     assert bad.exit_code != 0 and "everything" in bad.output
     with pytest.raises(ValueError, match="unknown stage 'everything'"):
         train(tiny_config(llama_dir, instructions), tmp_path / "other", stage="everything")  # type: ignore[arg-type]
+
+
+def test_choosing_a_shift_by_balance_or_by_an_operating_point():
+    from mogu.train.calibrate import choose_shift
+
+    def row(harmful: float, benign: float) -> dict:
+        return {"harmful_refusal": harmful, "benign_refusal": benign, "balanced": (harmful + 1 - benign) / 2}
+
+    measured = {0.0: row(1.0, 0.30), 0.5: row(0.97, 0.05), 1.0: row(0.90, 0.02), 2.0: row(0.60, 0.0)}
+    assert choose_shift(measured, None) == 0.5  # best balance
+    assert choose_shift(measured, 0.02) == 1.0  # the smallest shift that meets the target
+    assert choose_shift(measured, 0.5) == 0.0
+    assert choose_shift({0.0: row(1.0, 0.3), 1.0: row(0.9, 0.2)}, 0.01) == 1.0  # none meets it: the least refusal
+
+
+def test_calibrate_moves_a_bundle_to_the_operating_point(llama_dir, instructions, tmp_path):
+    from mogu.train.operating_point import calibrate_bundle
+
+    bundle = train(tiny_config(llama_dir, instructions), tmp_path / "bundle")
+    before = load_file(str(bundle / "router.safetensors"))
+    record = calibrate_bundle(bundle, max_benign_refusal=0.0, out=tmp_path / "calibrated", shifts=[1.0, 30.0],
+                              dtype="float32")
+    assert set(record["validation"]) == {"0.0", "1.0", "30.0"}
+    assert record["validation"]["30.0"]["benign_refusal"] == 0.0  # every router sends everything to the glad expert
+    chosen = record["shift"]
+    assert record["validation"][str(chosen)]["benign_refusal"] == record["benign_refusal"] == 0.0
+    assert all(record["validation"][str(s)]["benign_refusal"] > 0 for s in (0.0, 1.0) if s < chosen)
+    out = tmp_path / "calibrated"
+    saved = json.loads((out / "calibration.json").read_text())
+    assert saved["shift"] == chosen and saved["before"] is not None and not (out / "evaluation.json").exists()
+    after = load_file(str(out / "router.safetensors"))
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved and all(k.endswith("bias") for k in moved)  # the shift is folded into the routers' biases
+    MoGUModel.from_pretrained(out)  # checksums and config hold
+    assert load_file(str(bundle / "router.safetensors")).keys() == before.keys()  # the original is untouched

@@ -194,6 +194,9 @@ def train(
                                                         "(docs/configuration.md)")] = None,
     data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged seed data)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace what the output folder holds")] = False,
+    max_benign_refusal: Annotated[Optional[float], typer.Option(
+        min=0, max=1, help="operating point: calibrate to the smallest router shift whose benign refusal on "
+        "validation is at most this (calibration.max_benign_refusal)")] = None,
     stage: Annotated[Optional[Literal["glad", "unwill", "router"]], typer.Option(
         help="only this stage (and what it needs first: data, layers, for the router both experts), kept in "
         "OUT.work; a later run without --stage finishes the bundle")] = None,
@@ -203,7 +206,8 @@ def train(
     from mogu.train.pipeline import train as run_training
 
     try:
-        cfg = load_train_config(config, preset, base=base, data=data)
+        calibration = {"max_benign_refusal": max_benign_refusal} if max_benign_refusal is not None else None
+        cfg = load_train_config(config, preset, base=base, data=data, calibration=calibration)
         written = run_training(cfg, out, overwrite=overwrite, stage=stage)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
@@ -215,6 +219,35 @@ def train(
     evaluation = out / "evaluation.json"
     if evaluation.is_file():
         typer.echo(format_evaluation(json.loads(evaluation.read_text(encoding="utf-8"))))
+
+
+@app.command()
+def calibrate(
+    bundle: Annotated[Path, typer.Argument(help="a bundle folder")],
+    max_benign_refusal: Annotated[float, typer.Option(min=0, max=1, help="largest benign refusal rate accepted on "
+                                                      "validation, e.g. 0.02")],
+    data: Annotated[Optional[Path], typer.Option(help="instructions JSONL with the validation splits (default: the "
+                                                 "bundle's training data)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write the calibrated bundle here (default: in place)")] = None,
+    shifts: Annotated[Optional[str], typer.Option(help="comma-separated shifts to try (default: the bundle's "
+                                                  "calibration.target_shifts)")] = None,
+    dtype: Dtype = "auto",
+) -> None:
+    """Move a bundle's routers to an operating point: the least shift towards the glad expert that keeps benign
+    refusal on validation at most --max-benign-refusal; prints what each shift costs in harmful refusal."""
+    from mogu.train.operating_point import calibrate_bundle
+
+    try:
+        tried = [float(x) for x in shifts.split(",")] if shifts else None
+        record = calibrate_bundle(bundle, max_benign_refusal, data, out, tried, dtype)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise _fail(err) from err
+    typer.echo(f"{'shift':>7} {'benign refused':>15} {'harmful refused':>16}")
+    for shift, row in record["validation"].items():
+        mark = "  <- chosen" if float(shift) == record["shift"] else ""
+        typer.echo(f"{float(shift):>+7.2f} {row['benign_refusal']:>15.1%} {row['harmful_refusal']:>16.1%}{mark}")
+    typer.echo(f"wrote {out or bundle} (validation: benign refusal {record['benign_refusal']:.1%}, harmful refusal "
+               f"{record['harmful_refusal']:.1%})")
 
 
 @app.command("config")

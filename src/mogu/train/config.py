@@ -99,13 +99,22 @@ class RouterStageConfig(StageConfig):
 
 
 class CalibrationConfig(StrictModel):
-    """After router training: move every router's decision towards the glad expert by the shift that serves
-    the validation split best."""
+    """After router training: move every router's decision towards the glad expert by one logit shift, chosen on
+    the validation splits (docs/method.md, "Calibration")."""
 
     shifts: list[float] = Field(
         [0.5],
-        description="logit shifts to try (added to each glad scorer, taken from each unwilling one); the trained "
-        "routers (shift 0) are always a candidate; [] skips calibration",
+        description="logit shifts to try (added to each glad scorer, taken from each unwilling one) when choosing by "
+        "balance: the shift with the best mean of harmful refusal and benign answering is kept; the trained routers "
+        "(shift 0) are always a candidate; [] skips calibration",
+    )
+    max_benign_refusal: float | None = Field(
+        None, ge=0, le=1, description="the operating point instead: the smallest of target_shifts (or 0) whose "
+        "benign refusal on validation is at most this; the harmful refusal it costs is recorded",
+    )
+    target_shifts: list[float] = Field(
+        [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0], min_length=1,
+        description="shifts searched, smallest first, for max_benign_refusal",
     )
 
 

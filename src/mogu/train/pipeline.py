@@ -211,7 +211,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
         log.info("stage %s done in %s; run without a stage to finish the bundle", stage, work)
         return work
 
-    if config.calibration.shifts:
+    if config.calibration.shifts or config.calibration.max_benign_refusal is not None:
         start = time.perf_counter()
         router = selection["router"]
         trained = next(v for v in router["validations"] if v["step"] == router["selected_step"])
