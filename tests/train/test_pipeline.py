@@ -160,8 +160,12 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     validated = {(e["stage"], e["step"]) for e in log if "validation" in e}
     assert not any(step == 0 for _, step in validated) and ("unwill", 2) in validated  # starting points are never validated
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert set(evaluation["refusal_rate"]) == {"harmful", "borderline"}
-    for row in evaluation["refusal_rate"].values():
+    assert set(evaluation["splits"]) == {"test", "val"} and evaluation["selected_on"] == ["val"]
+    assert set(evaluation["splits"]["val"]["refusal_rate"]) == {"harmful", "benign"}  # no framed copies
+    assert all(row["n"] == 2 for row in evaluation["splits"]["val"]["refusal_rate"].values())
+    test_rates = evaluation["splits"]["test"]["refusal_rate"]
+    assert set(test_rates) == {"harmful", "borderline"}
+    for row in test_rates.values():
         for name in ("base", "mogu"):
             low, high = row[f"{name}_ci95"]
             assert 0 <= low <= row[name] <= high <= 1 and high - low > 0.2  # one or two prompts: wide intervals
@@ -455,7 +459,7 @@ def test_calibration_applies_the_best_validation_shift_once_even_after_an_interr
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "evaluate_seed_split", interrupt)
+    monkeypatch.setattr(pipeline, "evaluate_splits", interrupt)
     config = tiny_config(llama_dir, instructions, calibration={"shifts": [2.0, -1.0, 1.0]}, router=router)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "calibrated")
@@ -493,7 +497,7 @@ def test_train_command_runs_stage_by_stage_to_the_same_bundle(llama_dir, instruc
     assert "stage router done" in run("--stage", "router")  # trains the glad expert it still needs, then the router
     assert (work / "glad" / "selection.json").is_file() and (work / "calibration.json").is_file() and not out.exists()
     finished = run()  # finishes: evaluation and the bundle
-    assert "refusal rate on the seed test split" in finished
+    assert "test split (test)" in finished and "validation, in distribution (val)" in finished
     assert re.search(r"harmful +1 +\d+\.\d% \[\d+-\d+\] +\d+\.\d% \[\d+-\d+\]", finished), finished
     assert not work.exists()
     for name in ("router.safetensors", "glad/adapter_model.safetensors", "unwill/adapter_model.safetensors"):

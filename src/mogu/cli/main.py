@@ -273,18 +273,28 @@ def config_command(
     typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
 
+SPLIT_TITLES = {"test": "test split", "val": "validation, in distribution",
+                "val_heldout": "validation, categories never trained on", "val_style": "validation, another style"}
+
+
 def format_evaluation(evaluation: dict) -> str:
-    """The base vs MoGU refusal-rate table that ``mogu train`` prints."""
+    """The base vs MoGU refusal-rate tables that ``mogu train`` prints, one per split (bundles written by mogu 0.1
+    hold the test split only)."""
     from mogu.judging.stats import format_interval
 
-    lines = [f"refusal rate on the seed {evaluation['split']} split (judge: {evaluation['judge']}; [95% interval, %])",
-             f"{'instructions':<14} {'n':>4} {'base':>17} {'MoGU':>17}"]
-    for label, row in evaluation["refusal_rate"].items():
-        cells = [f"{row[name]:.1%}" + format_interval(row.get(f"{name}_ci95")) for name in ("base", "mogu")]
-        lines.append(f"{label:<14} {row['n']:>4} {cells[0]:>17} {cells[1]:>17}")
+    splits = evaluation.get("splits") or {evaluation["split"]: {"refusal_rate": evaluation["refusal_rate"]}}
+    selected = evaluation.get("selected_on")
+    lines = [f"refusal rates (judge: {evaluation['judge']}, {evaluation['max_new_tokens']}-token answers; "
+             f"[95% interval, %])" + (f"; layers, checkpoints and calibration chosen on {', '.join(selected)}"
+                                      if selected else "")]
+    for split, result in splits.items():
+        lines += ["", f"{SPLIT_TITLES.get(split, split)} ({split})", f"{'instructions':<14} {'n':>4} {'base':>17} {'MoGU':>17}"]
+        for label, row in result["refusal_rate"].items():
+            cells = [f"{row[name]:.1%}" + format_interval(row.get(f"{name}_ci95")) for name in ("base", "mogu")]
+            lines.append(f"{label:<14} {row['n']:>4} {cells[0]:>17} {cells[1]:>17}")
     timings = evaluation.get("timings_seconds", {})
     if timings:
-        lines.append("seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+        lines += ["", "seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
     return "\n".join(lines)
 
 

@@ -176,6 +176,10 @@ class TrainConfig(StrictModel):
     unwill: ExpertStageConfig = ExpertStageConfig(lr=2e-3, max_examples=256, eval_every=32)
     router_stage: RouterStageConfig = RouterStageConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    eval_validation_per_label: int | None = Field(
+        20, ge=1, description="instructions of each label from each validation split that the finished bundle's "
+        "evaluation answers beside the test split (a stable draw); None: all"
+    )
     eval_max_new_tokens: int = Field(
         48, ge=1, description="tokens per answer when the finished bundle is evaluated: enough for the judge's "
         "whole opening, where a refusal may still turn into an answer"

@@ -29,7 +29,15 @@ from mogu.model.bundle_files import is_bundle
 from mogu.train.augment import framed_copies
 from mogu.train.calibrate import apply_router_shift, choose_router_shift
 from mogu.train.config import TrainConfig
-from mogu.train.data import Record, build_dataset, check_training_splits, load_records, summarise
+from mogu.train.data import (
+    VALIDATION_SPLITS,
+    Record,
+    build_dataset,
+    check_training_splits,
+    load_records,
+    summarise,
+    validation_records,
+)
 from mogu.train.layer_select import select_routed_layers
 from mogu.train.loop import TrainLog, make_accelerator, restore_random_stream, run_stage
 from mogu.train.stages import expert_stage, refusal_count, router_stage
@@ -92,11 +100,11 @@ def prepare_output(config: TrainConfig, out: Path, overwrite: bool) -> tuple[Pat
     return work, False
 
 
-def evaluate_seed_split(model: MoGUModel, records: list[Record], split: str, max_new_tokens: int) -> dict:
-    """Refusal rates (and their 95% Wilson intervals) of the base model and of MoGU on one split, per label."""
+def refusal_rates(model: MoGUModel, records: list[Record], max_new_tokens: int) -> dict[str, dict[str, Any]]:
+    """Refusal rates (and their 95% Wilson intervals) of the base model and of MoGU on ``records``, per label."""
     rates: dict[str, dict[str, Any]] = {}
     for label in ("harmful", "benign", "borderline"):
-        prompts = [r.instruction for r in records if r.split == split and r.label == label]
+        prompts = [r.instruction for r in records if r.label == label]
         if not prompts:
             continue
         rates[label] = {"n": len(prompts)}
@@ -104,7 +112,22 @@ def evaluate_seed_split(model: MoGUModel, records: list[Record], split: str, max
             count = refusal_count(model, prompts, DecodingConfig(max_new_tokens=max_new_tokens, mode=mode))
             rates[label][name] = count / len(prompts)
             rates[label][f"{name}_ci95"] = list(wilson_interval(count, len(prompts)))
-    return {"split": split, "judge": "keyword", "max_new_tokens": max_new_tokens, "refusal_rate": rates}
+    return rates
+
+
+def evaluate_splits(model: MoGUModel, records: list[Record], config: TrainConfig) -> dict:
+    """The finished bundle against the base model on the test split and, side by side, on each validation split
+    present (at most ``config.eval_validation_per_label`` instructions of each label, without framed copies):
+    in distribution ('val'), categories never trained on ('val_heldout') and another writing style ('val_style')."""
+    plain = [r for r in records if "~" not in r.id]
+    splits = {"test": [r for r in plain if r.split == "test"]}
+    for split in VALIDATION_SPLITS:
+        chosen = validation_records(plain, [split], config.eval_validation_per_label)
+        if chosen:
+            splits[split] = chosen
+    return {"judge": "keyword", "max_new_tokens": config.eval_max_new_tokens, "selected_on": config.validation,
+            "splits": {name: {"refusal_rate": refusal_rates(model, chosen, config.eval_max_new_tokens)}
+                       for name, chosen in splits.items() if chosen}}
 
 
 # What each stage needs trained first (``train(..., stage=...)``): the experts are independent.
@@ -229,7 +252,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
 
     if accelerator.is_main_process:
         start = time.perf_counter()
-        evaluation = evaluate_seed_split(model, records, "test", config.eval_max_new_tokens)
+        evaluation = evaluate_splits(model, records, config)
         timings["evaluate"] = time.perf_counter() - start
         evaluation["timings_seconds"] = {k: round(v, 1) for k, v in timings.items()}
         write_json_atomic(work / "evaluation.json", evaluation)
