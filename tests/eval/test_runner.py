@@ -7,12 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mogu.cli import app
 from mogu.model.config import DecodingConfig
 from mogu.eval import evaluate
-from mogu.eval.defenses import Defense
+from mogu.eval.defenses import Defense, DefenseError
 from mogu.judging.verdict import Judge, verdict_for
 from mogu.eval.report import REQUIRED_DEFENSE_KEYS, REQUIRED_SUITE_KEYS, pareto_frontier
 from mogu.eval.runner import EvalError, build_suites, parse_defense_options, parse_judge_spec
@@ -238,3 +239,49 @@ def test_baselines_learn_from_the_bundles_data_and_framing(bundle_dir, suites, t
     evaluate(bundle, suites, ["detect-input"], "keyword", DECODING, tmp_path / "out", gates_sample=0)
     probe = json.loads((tmp_path / "out" / "defenses" / "detect-input" / "probe.json").read_text())
     assert probe["data"] == str(bundle / "data.jsonl") and probe["train_examples"] == train_examples
+
+
+def test_mogu_shifts_are_cached_defenses_on_one_curve(bundle_dir, suites, tmp_path, monkeypatch):
+    model = MoGUModel.load(bundle_dir)
+    routers = model.router_state_dict()
+    calls = count_generate(model, monkeypatch)
+    out = tmp_path / "eval"
+    report = evaluate(model, suites, ["none", "mogu"], "keyword", DECODING, out, batch_size=4, gates_sample=0,
+                      mogu_shifts=[2, -1, 0])
+    n = sum(len(s) for s in suites)
+    assert list(report["defenses"]) == ["none", "mogu", "mogu@-1", "mogu@+2"]
+    assert sum(calls) == 4 * n
+    assert all(torch.equal(routers[k], v) for k, v in model.router_state_dict().items())  # put back
+    meta = json.loads((out / "generations" / "meta.json").read_text())
+    assert meta["defenses"]["mogu@-1"]["router_shift"] == -1.0
+    assert [p["shift"] for p in report["mogu_curve"]["mean"]] == [-1.0, 0.0, 2.0]
+    assert report["mogu_curve"]["mean"][2]["harmful_refusal_rate"] == report["defenses"]["mogu@+2"]["harmful_refusal_rate"]
+    # repetition: each suite's count is that of samples.jsonl's answers that repeat a sentence
+    samples = read_samples(out)
+    for name, entry in report["defenses"].items():
+        for suite, row in entry["suites"].items():
+            judged = [s for s in samples if s["defense"] == name and s["suite"] == suite]
+            assert row["repeated"] == sum(s["repeated"] is not None for s in judged) <= row["n"] == len(judged)
+        assert entry["answers"] == n and entry["repeated"] == sum(row["repeated"] for row in entry["suites"].values())
+    # resumed like any defense: a rerun makes nothing, a new shift only its own answers
+    calls.clear()
+    evaluate(model, suites, ["none", "mogu"], "keyword", DECODING, out, batch_size=4, gates_sample=0, mogu_shifts=[-1, 2])
+    assert calls == []
+    again = evaluate(model, suites, ["mogu"], "keyword", DECODING, out, batch_size=4, gates_sample=0, mogu_shifts=[0.5])
+    assert sum(calls) == n and list(again["defenses"]) == ["mogu", "mogu@+0.5"]
+    with pytest.raises(DefenseError, match="add mogu"):
+        evaluate(model, suites, ["none"], "keyword", DECODING, out, mogu_shifts=[1])
+
+
+def test_cli_eval_mogu_shifts(bundle_dir, suite_files, tmp_path):
+    runner = CliRunner()
+    base = ["eval", str(bundle_dir), "--harmful", str(suite_files[0]), "--benign", str(suite_files[1]),
+            "--max-new-tokens", "2", "--out", str(tmp_path / "cli")]
+    result = runner.invoke(app, base + ["--mogu-shifts=-0.5,1"])
+    assert result.exit_code == 0, result.output
+    assert "| mogu@-0.5 |" in result.output and "MoGU by router shift" in result.output
+    assert "Repeated-sentence rate" in result.output
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert list(report["defenses"]) == ["none", "mogu", "mogu@-0.5", "mogu@+1"]
+    result = runner.invoke(app, base + ["--mogu-shifts", "1,high"])
+    assert result.exit_code == 2 and "--mogu-shifts" in result.output

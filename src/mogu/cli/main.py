@@ -298,6 +298,14 @@ def format_evaluation(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
+def _shifts(spec: str) -> list[float]:
+    """``--mogu-shifts``: comma-separated numbers."""
+    try:
+        return [float(part) for part in spec.split(",") if part.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(f"{spec!r}: expected comma-separated numbers, e.g. -1,-0.5,0.5,1", param_hint="--mogu-shifts") from err
+
+
 @app.command("eval")
 def eval_command(
     target: Target,
@@ -309,6 +317,7 @@ def eval_command(
     attack_prompts: Annotated[Optional[list[str]], typer.Option("--attack-prompts", help="ready-made attack prompts FILE[:method=M] (repeatable)")] = None,
     defense: Annotated[Optional[str], typer.Option("--defense", help="comma-separated: none, self-reminder, icd, sft, safedecoding, detect-input, mogu-fixed, mogu (default: none,mogu for a bundle, none otherwise)")] = None,
     defense_arg: Annotated[Optional[list[str]], typer.Option("--defense-arg", help="defense setting NAME.KEY=VALUE, e.g. safedecoding.alpha=2 (repeatable)")] = None,
+    mogu_shifts: Annotated[str, typer.Option("--mogu-shifts", help="comma-separated router shifts, e.g. -1,-0.5,0.5,1,2: also evaluate mogu with its routers moved by each towards the glad expert (defenses mogu@+0.5, ...), a curve on the Pareto plot")] = "",
     judge: Annotated[str, typer.Option(help="keyword | model:PATH | endpoint:URL,model=NAME (key from $MOGU_JUDGE_API_KEY)")] = "keyword",
     max_new_tokens: MaxNew = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
@@ -329,7 +338,7 @@ def eval_command(
         report = evaluate(target, suites, names, parse_judge_spec(judge), decoding, out, batch_size=batch_size,
                           defense_options=parse_defense_options(defense_arg or []), rejudge=rejudge, seed=seed,
                           chat_template=chat_template.read_text(encoding="utf-8") if chat_template else None,
-                          dtype=dtype)
+                          dtype=dtype, mogu_shifts=_shifts(mogu_shifts))
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     typer.echo(format_markdown(report))

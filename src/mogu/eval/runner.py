@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +34,14 @@ from tqdm import tqdm
 from mogu.io.files import write_json_atomic
 from mogu.model.config import DecodingConfig, DtypeName
 from mogu.eval.attacks import apply_attacks, load_attack_prompts, parse_attack_spec
-from mogu.eval.defenses import Defense, DefenseError, is_trained, make_defense, parse_defenses
+from mogu.eval.defenses import Defense, DefenseError, is_trained, make_defense, parse_defenses, with_mogu_shifts
+from mogu.eval.gates import gate_summary
 from mogu.judging.keyword import RefusalJudge
 from mogu.judging.model_judges import EndpointJudge, ModelJudge
+from mogu.judging.repetition import repeated_sentence
 from mogu.judging.verdict import Judge, Verdict, verdict_for
 from mogu.eval.report import build_report, write_report
-from mogu.eval.suites import Prompt, Suite, parse_suite_spec, seed_suites
+from mogu.eval.suites import Suite, parse_suite_spec, prompt_key, seed_suites
 from mogu.io.jsonl import append_jsonl, done_ids, read_jsonl
 from mogu.model.bundle_files import is_bundle
 from mogu.model.loading import resolve_dtype
@@ -52,11 +53,6 @@ JUDGE_API_KEY_ENV = "MOGU_JUDGE_API_KEY"
 
 class EvalError(ValueError):
     """Bad evaluation inputs, or an output folder that does not fit this run."""
-
-
-def prompt_key(prompt: Prompt) -> str:
-    """The cache key of a prompt: ids are unique within a suite only."""
-    return f"{prompt.suite}::{prompt.id}"
 
 
 def parse_judge_spec(spec: str) -> Judge:
@@ -214,31 +210,6 @@ def _judge_records(judge: Judge, name: str, records: list[dict[str, Any]], cache
     return verdicts
 
 
-def _gate_summary(model, suites: Sequence[Suite], sample: int, seed: int, batch_size: int, cache: Path) -> dict[str, Any]:
-    """Mean glad weight per routed layer at the first routed token, for a seeded sample per kind (cached)."""
-    rng = random.Random(seed)
-    chosen: dict[str, list[Prompt]] = {}
-    for kind in ("harmful", "benign"):
-        prompts = [p for s in suites if s.kind == kind for p in s]
-        chosen[kind] = [prompts[i] for i in sorted(rng.sample(range(len(prompts)), min(sample, len(prompts))))]
-    keys = {kind: [prompt_key(p) for p in ps] for kind, ps in chosen.items()}
-    if cache.is_file():
-        saved = json.loads(cache.read_text(encoding="utf-8"))
-        if saved.get("keys") == keys:
-            return saved["gates"]
-    decoding = DecodingConfig(max_new_tokens=1, routed_tokens=1, mode="mogu", return_gates=True)
-    result: dict[str, Any] = {"layers": list(model.config.layers), "token": 0, "n": {}}
-    for kind, prompts in chosen.items():
-        rows = []
-        for start in range(0, len(prompts), batch_size):
-            for g in model.generate([p.text for p in prompts[start : start + batch_size]], decoding):
-                rows.append(g.gates[0, :, 1])
-        result["n"][kind] = len(rows)
-        result[kind] = [round(float(v), 5) for v in sum(rows) / len(rows)] if rows else None
-    write_json_atomic(cache, {"keys": keys, "gates": result})
-    return result
-
-
 def evaluate(
     target: Any,
     suites: Sequence[Suite],
@@ -254,6 +225,7 @@ def evaluate(
     seed: int = 0,
     chat_template: str | None = None,
     dtype: DtypeName | None = None,
+    mogu_shifts: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Generate (cached) with every defense on every suite, judge the answers, write the report; return it.
 
@@ -262,7 +234,8 @@ def evaluate(
     names (``none,mogu`` or a list) or ready ``Defense`` objects. ``judge``:
     a ``Judge`` or a spec (default ``keyword``). ``decoding``: shared by all
     defenses (default greedy, 64 new tokens). ``dtype``: of the base model's weights when ``target`` is
-    loaded here (``mogu.model.loading.resolve_dtype``; None: float32).
+    loaded here (``mogu.model.loading.resolve_dtype``; None: float32). ``mogu_shifts``: also evaluate ``mogu``
+    with its routers shifted by each (defenses ``mogu@+0.5``, ...; ``mogu.eval.defenses.ShiftedMoGU``).
     """
     from mogu.model import MoGUModel
 
@@ -277,7 +250,7 @@ def evaluate(
         raise EvalError("no suites to evaluate")
     given = parse_defenses(defenses) if isinstance(defenses, str) else list(defenses)
     ready = {d.name: d for d in given if isinstance(d, Defense)}
-    names = parse_defenses([d.name if isinstance(d, Defense) else d for d in given])
+    names = with_mogu_shifts(parse_defenses([d.name if isinstance(d, Defense) else d for d in given]), mogu_shifts)
     kinds = {s.name: s.kind for s in suites}
     if len(kinds) != len(suites):
         raise EvalError("suite names must be distinct")
@@ -361,10 +334,11 @@ def evaluate(
         if gates_cache.is_file():
             gates = json.loads(gates_cache.read_text(encoding="utf-8"))["gates"]
     elif gates_sample > 0 and has_bundle():
-        gates = _gate_summary(model(), suites, gates_sample, seed, batch_size, gates_cache)
+        gates = gate_summary(model(), suites, gates_sample, seed, batch_size, gates_cache)
 
     # ------------------------------------------------------------------ judging
     verdicts: dict[str, dict[str, list[Verdict]]] = {}
+    responses: dict[str, dict[str, list[str]]] = {}
     seconds: dict[str, float] = {}
     extra: dict[str, dict[str, Any]] = {}
     saved_meta = json.loads((gen_dir / "meta.json").read_text(encoding="utf-8")) if (gen_dir / "meta.json").is_file() else {}
@@ -383,6 +357,7 @@ def evaluate(
             records = [saved[prompt_key(p)] for p in prompts]
             judged = _judge_records(judge, name, records, out / "verdicts" / f"{name}.jsonl", rejudge)
             verdicts[name] = {suite: [] for suite in kinds}
+            responses[name] = {suite: [r["response"] for r in records if r["suite"] == suite] for suite in kinds}
             for record, verdict in zip(records, judged):
                 verdicts[name][record["suite"]].append(verdict)
                 unparseable_total += verdict.refused is None
@@ -390,7 +365,7 @@ def evaluate(
                     "defense": name, "suite": record["suite"], "kind": record["kind"], "id": record["id"],
                     "prompt": record["prompt"], "request": record["request"], "response": record["response"],
                     "refused": verdict.refused, "label": verdict.label, "harmful": verdict.harmful,
-                    "raw": verdict.raw, "judge": verdict.judge,
+                    "raw": verdict.raw, "judge": verdict.judge, "repeated": repeated_sentence(record["response"]),
                 })
             seconds[name] = sum(float(r.get("seconds", 0.0)) for r in records)
             info = ready[name].info() if name in ready else previous.get(name, {}).get("info", {})
@@ -410,7 +385,7 @@ def evaluate(
         "seed": seed,
         "rejudge": rejudge,
     }
-    report = build_report(verdicts, kinds, seconds, config, extra, gates)
+    report = build_report(verdicts, kinds, seconds, config, extra, gates, responses)
     write_report(report, out)
     log.info("wrote %s", out / "report.json")
     return report

@@ -65,6 +65,11 @@ class Prompt:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def prompt_key(prompt: Prompt) -> str:
+    """The cache key of a prompt: ids are unique within a suite only."""
+    return f"{prompt.suite}::{prompt.id}"
+
+
 @dataclass
 class Suite:
     name: str

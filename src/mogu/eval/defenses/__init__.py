@@ -18,6 +18,7 @@ detect-input    ``detect_input``  a logistic-regression probe on the base model'
                                   state; harmful -> a fixed refusal, else the base model answers
 mogu-fixed      ``mogu``          the bundle with both gates fixed at (0.5, 0.5): the router ablated
 mogu            ``mogu``          the bundle (mode ``mogu``)
+mogu@SHIFT      ``mogu``          the bundle with its routers moved SHIFT logits towards the glad expert
 ==============  ================  =============================================================
 
 ``base`` holds the ``Defense`` interface and what the trained baselines share; ``registry`` the names.
@@ -28,6 +29,6 @@ trained otherwise is an error, never overwritten.
 
 from mogu.eval.defenses.base import Defense, DefenseError
 from mogu.eval.defenses.mogu import is_trained
-from mogu.eval.defenses.registry import DEFENSES, make_defense, parse_defenses
+from mogu.eval.defenses.registry import DEFENSES, make_defense, parse_defenses, with_mogu_shifts
 
-__all__ = ["DEFENSES", "Defense", "DefenseError", "is_trained", "make_defense", "parse_defenses"]
+__all__ = ["DEFENSES", "Defense", "DefenseError", "is_trained", "make_defense", "parse_defenses", "with_mogu_shifts"]
