@@ -542,3 +542,20 @@ def test_calibrate_moves_a_bundle_to_the_operating_point(llama_dir, instructions
     assert moved and all(k.endswith("bias") for k in moved)  # the shift is folded into the routers' biases
     MoGUModel.from_pretrained(out)  # checksums and config hold
     assert load_file(str(bundle / "router.safetensors")).keys() == before.keys()  # the original is untouched
+
+
+def test_a_run_reads_stable_draws_and_logs_what_it_leaves_out(instructions, caplog):
+    from mogu.train.pipeline import records_used
+
+    records = load_records(instructions)
+    config = TrainConfig(data=instructions, train_per_label=2, validation_per_label=1, eval_validation_per_label=1)
+    with caplog.at_level("INFO"):
+        used = records_used(records, config)
+    train_rows = [r for r in used if r.split == "train"]
+    assert sorted(r.label for r in train_rows) == ["benign", "benign", "harmful", "harmful"]
+    assert sorted(r.label for r in used if r.split == "val") == ["benign", "harmful"]
+    assert [r for r in used if r.split == "test"] == [r for r in records if r.split == "test"]
+    assert "reading 8 of 22 instructions" in caplog.text
+    larger = records_used(records, config.model_copy(update={"train_per_label": 3}))
+    assert {r.id for r in train_rows} < {r.id for r in larger if r.split == "train"}  # a smaller draw is part of a larger
+    assert records_used(records, TrainConfig(data=instructions)) == records  # by default every record is read

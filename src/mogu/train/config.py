@@ -143,6 +143,10 @@ class TrainConfig(StrictModel):
     data: Path | None = Field(
         None, description="instructions JSONL, optionally gzipped (docs/data.md); None: the packaged seed data"
     )
+    train_per_label: int | None = Field(
+        None, ge=1, description="read at most this many training instructions of each label (a stable draw; the "
+        "count is logged); None: all. Responses are made only for the instructions read"
+    )
     validation: list[Literal["val", "val_heldout", "val_style"]] = Field(
         ["val"], min_length=1, description="the splits that choose the routed layers, the checkpoints and the "
         "calibration: 'val' a random slice of the training pool, 'val_heldout' whole categories and task types never "

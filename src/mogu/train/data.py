@@ -145,18 +145,24 @@ def check_training_splits(records: list[Record], path: Path | None, validation: 
                                  "(they select checkpoints)")
 
 
-def validation_records(records: list[Record], splits: Iterable[str], per_label: int | None) -> list[Record]:
-    """The records that select layers, checkpoints and the calibration: those of ``splits``, at most
-    ``per_label`` of each label in each split (a stable draw by id, so every stage reads the same ones), in
-    their given order."""
+def stable_draw(records: list[Record], splits: Iterable[str], per_label: int | None, salt: str = "~val") -> list[Record]:
+    """The records of ``splits``, at most ``per_label`` of each label in each split: a stable draw by id, so
+    that every stage and every run reads the same ones (a smaller draw is part of a larger one), in their given
+    order."""
     chosen = [r for r in records if r.split in set(splits)]
     if per_label is None:
         return chosen
     groups: dict[tuple[str, str], list[Record]] = {}
     for record in chosen:
         groups.setdefault((record.split, record.label), []).append(record)
-    keep = {id(r) for group in groups.values() for r in sorted(group, key=lambda r: stable_fraction(r.id + "~val"))[:per_label]}
+    keep = {id(r) for group in groups.values() for r in sorted(group, key=lambda r: stable_fraction(r.id + salt))[:per_label]}
     return [r for r in chosen if id(r) in keep]
+
+
+def validation_records(records: list[Record], splits: Iterable[str], per_label: int | None) -> list[Record]:
+    """The records that select layers, checkpoints and the calibration (``stable_draw`` of the validation
+    ``splits``)."""
+    return stable_draw(records, splits, per_label)
 
 
 _REWRITES: tuple[tuple[str, str], ...] = (

@@ -35,6 +35,7 @@ from mogu.train.data import (
     build_dataset,
     check_training_splits,
     load_records,
+    stable_draw,
     summarise,
     validation_records,
 )
@@ -115,6 +116,23 @@ def refusal_rates(model: MoGUModel, records: list[Record], max_new_tokens: int) 
     return rates
 
 
+def records_used(records: list[Record], config: TrainConfig) -> list[Record]:
+    """The records this run reads, in their given order: at most ``train_per_label`` training instructions of each
+    label, the validation draws that selection and the evaluation read, and the test split. Responses are made
+    for these only; what is left out is logged, never dropped silently."""
+    kept = {id(r) for r in stable_draw(records, ["train"], config.train_per_label, salt="~train")}
+    kept |= {id(r) for r in validation_records(records, config.validation, config.validation_per_label)}
+    for split in VALIDATION_SPLITS:
+        kept |= {id(r) for r in validation_records(records, [split], config.eval_validation_per_label)}
+    kept |= {id(r) for r in records if r.split == "test"}
+    used = [r for r in records if id(r) in kept]
+    if len(used) < len(records):
+        log.info("reading %d of %d instructions (train_per_label %s, validation_per_label %s, "
+                 "eval_validation_per_label %s): %s", len(used), len(records), config.train_per_label,
+                 config.validation_per_label, config.eval_validation_per_label, summarise(used))
+    return used
+
+
 def evaluate_splits(model: MoGUModel, records: list[Record], config: TrainConfig) -> dict:
     """The finished bundle against the base model on the test split and, side by side, on each validation split
     present (at most ``config.eval_validation_per_label`` instructions of each label, without framed copies):
@@ -146,7 +164,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     if stage is not None and stage not in STAGE_NEEDS:
         raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGE_NEEDS)}")
     out = Path(out)
-    records = load_records(config.data)
+    records = records_used(load_records(config.data), config)
     check_training_splits(records, config.data, config.validation)  # before anything is loaded or written
     accelerator = make_accelerator()
     work, done = prepare_output(config, out, overwrite)
