@@ -290,6 +290,9 @@ def eval_command(
     rejudge: Annotated[bool, typer.Option(help="judge the saved answers again; generate nothing")] = False,
     chat_template: Template = None,
     dtype: Dtype = "auto",
+    engine: EngineUrl = None,
+    engine_model: EngineModel = None,
+    engine_api_key: EngineKey = None,
 ) -> None:
     """Refusal rates of defenses on harmful and benign suites: report.json, report.md, plots (see docs/EVAL.md)."""
     from mogu.eval.report import format_markdown
@@ -297,13 +300,14 @@ def eval_command(
     from mogu.model.bundle import is_bundle
 
     decoding = _decoding(max_new_tokens=max_new_tokens)
+    engine_config = _engine_config(engine, engine_model, engine_api_key)
     try:
         suites = build_suites(harmful or [], benign or [], seed_split, attack or [], attack_prompts or [], seed)
         names = defense or ("none,mogu" if is_bundle(target) else "none")
         report = evaluate(target, suites, names, parse_judge_spec(judge), decoding, out, batch_size=batch_size,
                           defense_options=parse_defense_options(defense_arg or []), rejudge=rejudge, seed=seed,
                           chat_template=chat_template.read_text(encoding="utf-8") if chat_template else None,
-                          dtype=dtype)
+                          dtype=dtype, engine=engine_config)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     typer.echo(format_markdown(report))

@@ -9,6 +9,7 @@ its stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -31,8 +32,11 @@ from starlette.routing import Route
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mogu.config import RouterConfig
-from mogu.engine import EngineConfig
+from mogu.engine import EngineClient, EngineConfig
+from mogu.engine.client import check_engine
 from mogu.model import MoGUModel
+from mogu.serve import ServeConfig
+from mogu.serve.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_MODEL = "tiny"
@@ -229,6 +233,30 @@ def tiny_mogu(tiny_bundle: Path) -> MoGUModel:
     return MoGUModel.from_pretrained(tiny_bundle)
 
 
+@pytest.fixture
+def start_mogu(tiny_mogu: MoGUModel, engine_config: EngineConfig, fake_engine: FakeEngine):
+    """``start_mogu(url=None)``: a context manager running ``mogu serve`` (in a thread of this process) that
+    hands over to the fake engine, or to ``url`` with the fake engine's settings; it yields the base URL."""
+    info = asyncio.run(check_engine(engine_config, tiny_mogu.tokenizer))
+    fake_engine.requests.clear()  # the check's probe
+
+    @contextlib.contextmanager
+    def start(url: Optional[str] = None) -> Iterator[str]:
+        config = engine_config if url is None else engine_config.model_copy(update={"url": url})
+        app = create_app(tiny_mogu, ServeConfig(batch_wait_ms=1), EngineClient(config, info))
+        port = free_port()
+        with ServerThread(app, port):
+            yield f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
+def mogu_server(start_mogu) -> Iterator[str]:
+    with start_mogu() as url:
+        yield url
+
+
 # ------------------------------------------------------------------ the real engine (marker: engine)
 class RealEngine:
     """A vLLM server process started by ``scripts/engine.sh serve``."""
@@ -299,8 +327,15 @@ def vllm_engine(tmp_path_factory) -> Iterator[RealEngine]:
 
 @pytest.fixture(scope="session")
 def default_bundle(tmp_path_factory) -> Path:
-    """A bundle on the default model with untrained (random-initialised) routers: the plumbing is the same."""
+    """A bundle on the default model with untrained routers and slightly perturbed experts (so that the routed
+    tokens are not the plain model's); the plumbing and the cost are those of a trained bundle."""
     path = tmp_path_factory.mktemp("default-bundle") / "bundle"
-    MoGUModel.from_base("default").save_pretrained(path)
+    model = MoGUModel.from_base("default", routed_tokens=12)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.layers:
+            for p in layer.lora_B.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    model.save_pretrained(path)
     return path
 

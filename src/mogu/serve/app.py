@@ -181,6 +181,7 @@ def _decoding(req: ChatCompletionRequest, settings: ServeConfig) -> DecodingConf
             temperature=temperature,
             top_p=top_p,
             top_k=extra.top_k if extra else 0,
+            min_new_tokens=extra.min_tokens if extra else 0,
             seed=req.seed,
             stop=req.stop_list(),
             mode=_mode(extra, settings),
