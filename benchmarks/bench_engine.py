@@ -93,8 +93,9 @@ def start_mogu(args: argparse.Namespace, target: str, logs: Path, engine: Option
     command = [sys.executable, "-m", "mogu", "serve", target, "--port", str(port), "--dtype", args.dtype,
                "--max-batch-size", str(args.max_batch_size), "--max-queue", str(max(64, 2 * max(args.concurrency))),
                "--max-tokens-limit", str(args.max_tokens)]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
+    threads = args.engine_threads if engine else args.threads
+    if threads:
+        command += ["--threads", str(threads)]
     if engine:
         command += ["--engine", engine]
     log_path = logs / ("mogu-engine.log" if engine else "mogu.log")
@@ -253,10 +254,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(8, clients))")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-batch-size", type=int, default=8, help="mogu serve's --max-batch-size")
-    parser.add_argument("--threads", type=int, default=None, help="mogu serve's --threads")
+    parser.add_argument("--threads", type=int, default=None, help="mogu serve's --threads when alone")
+    parser.add_argument("--engine-threads", type=int, default=1,
+                        help="mogu serve's --threads in front of the engine (vLLM binds its worker to one core)")
     parser.add_argument("--dtype", default="auto", help="mogu's --dtype")
     parser.add_argument("--startup-timeout", type=float, default=300)
     parser.add_argument("--engine-timeout", type=float, default=900, help="wait for vLLM (the first start compiles)")
+    parser.add_argument("--engine-url", default=None, help="a running vLLM serving the base model (else started here)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: alone,engine,vllm,agreement")
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
@@ -268,6 +272,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "target": args.target or f"{args.base} with untrained routers (built here)",
         "max_tokens": args.max_tokens, "max_batch_size": args.max_batch_size, "threads": args.threads,
+        "engine_threads": args.engine_threads,
         "dtype": args.dtype,
     }
     mogu = vllm = None
@@ -275,8 +280,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         if "alone" not in skip:
             mogu, url = start_mogu(args, target, logs, None)
             report["mogu_alone"] = measure("mogu serve", url, "mogu", args, mogu=True)
+            # what a front-end does per request with an engine behind it: prefill + the routed tokens
+            clients = max(args.concurrency)
+            routed = json.loads((Path(target) / "mogu_config.json").read_text())["routed_tokens"]
+            report["front_end_routed_phase_only"] = asyncio.run(run_level(
+                url, "mogu", clients, max(8, 2 * clients), routed, mogu=True))
             stop(mogu)
-        vllm, engine_url, name = start_vllm(args, logs)
+        if args.engine_url:
+            engine_url, name = args.engine_url, httpx.get(f"{args.engine_url}/v1/models").json()["data"][0]["id"]
+        else:
+            vllm, engine_url, name = start_vllm(args, logs)
         if "vllm" not in skip:
             report["vllm_alone"] = measure("vLLM alone", engine_url, name, args, mogu=False)
         if "engine" not in skip:

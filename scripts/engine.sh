@@ -56,6 +56,10 @@ serve() {
     echo "engine: serving $model as $name on http://127.0.0.1:$port" >&2
     export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
     export VLLM_TARGET_DEVICE=cpu
+    # vLLM's ahead-of-time compile cache fails to load again with this torch ("no attribute
+    # 'finalize_loading'") and recompiles every start (about 3 minutes); the inductor cache used
+    # without it makes later starts take about a minute.
+    export VLLM_USE_AOT_COMPILE="${VLLM_USE_AOT_COMPILE:-0}"
     # The distribution is named vllm-cpu, so the 'vllm' entry point cannot find itself: use the module.
     exec "$ENV_DIR/bin/python" -m vllm.entrypoints.openai.api_server \
         --model "$model" --served-model-name "$name" \
