@@ -4,7 +4,6 @@ process (float32 on both sides), the prompt-only baselines wholly on the engine.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -45,9 +44,11 @@ def test_eval_with_engine_runs_prompt_only_baselines_wholly_there(tiny_mogu, eng
     local = evaluate(tiny_mogu, suites, "none,mogu", decoding=decoding, out_dir=tmp_path / "local", batch_size=1)
     remote = evaluate(tiny_mogu, suites, "none,mogu", decoding=decoding, out_dir=tmp_path / "engine", batch_size=1,
                       engine=engine_config)
+    def answers(out, name):
+        return sorted(json.loads(line)["response"] for line in (out / "generations" / f"{name}.jsonl").open())
+
     for name in ("none", "mogu"):
-        read = lambda out: sorted(json.loads(x)["response"] for x in (out / "generations" / f"{name}.jsonl").open())  # noqa: E731
-        assert read(tmp_path / "engine") == read(tmp_path / "local")
+        assert answers(tmp_path / "engine", name) == answers(tmp_path / "local", name)
     continued = [r for r in fake_engine.requests if r.get("stream")]
     whole = [r for r in continued if r["max_tokens"] == decoding.max_new_tokens]  # no routed tokens: 'none'
     assert len(whole) == 2 and len(continued) == 4
