@@ -282,7 +282,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             report["mogu_alone"] = measure("mogu serve", url, "mogu", args, mogu=True)
             # what a front-end does per request with an engine behind it: prefill + the routed tokens
             clients = max(args.concurrency)
-            routed = json.loads((Path(target) / "mogu_config.json").read_text())["routed_tokens"]
+            routed = json.loads((Path(target) / "mogu_config.json").read_text())["config"]["routed_tokens"]
             report["front_end_routed_phase_only"] = asyncio.run(run_level(
                 url, "mogu", clients, max(8, 2 * clients), routed, mogu=True))
             stop(mogu)

@@ -405,4 +405,7 @@ def serve(
             client = EngineClient(engine_config, asyncio.run(check_engine(engine_config, model.tokenizer)))
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
-    run_server(model, settings, client)
+    if client is None:
+        run_server(model, settings)
+    else:
+        run_server(model, settings, engine=client)

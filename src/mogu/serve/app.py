@@ -1,12 +1,14 @@
 """The HTTP layer: an OpenAI-compatible chat completions API over a ``Batcher``.
 
 Routes: ``POST /v1/chat/completions`` (streamed as server-sent events or
-not), ``GET /v1/models``, ``GET /health``. With an engine (``mogu.engine``),
-the worker decodes only the routed tokens and the engine writes the rest; a
-streamed answer then starts once the engine has sent its first tokens, so a
-request the engine cannot take still gets a plain 502/503/504. Every error, including malformed
+not), ``GET /v1/models``, ``GET /health``. Every error, including malformed
 JSON and unknown routes, is answered in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``.
+
+With an engine (``mogu.engine``), the worker decodes only the routed tokens
+and the engine writes the rest; a streamed answer then starts once the engine
+has sent its first tokens, so a request the engine cannot take still gets a
+plain 502/503/504.
 
 A request is validated (auth, body size, JSON, fields, max_tokens) on the
 event loop, then queued; its prompt is tokenised and length-checked on the
@@ -340,12 +342,11 @@ def create_app(model: MoGUModel, settings: Optional[ServeConfig] = None,
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     engine_context = engine.info.max_model_len if engine is not None and engine.info is not None else None
-    if engine is None:
-        def generate(prompts, decoding, on_text):
+    def generate(prompts: list[ChatInput], decoding: DecodingConfig, on_text: Any) -> list[Generation]:
+        if engine is None:
             return model.generate(prompts, decoding, on_text)
-    else:
-        def generate(prompts, decoding, _on_text):
-            return routed_phase(model, prompts, decoding, engine_context)
+        return routed_phase(model, prompts, decoding, engine_context)  # text is sent once the engine has started
+
     eos = eos_ids(model)
     batcher = Batcher(
         generate,
