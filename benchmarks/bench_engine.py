@@ -5,9 +5,12 @@ answers (EOS ignored before ``--max-tokens``, so that every system writes the sa
 completion tokens/s, p50/p95 latency and time to first token. Then the greedy agreement of in-process answers
 (faithful hand-over, the bundle's dtype) and engine answers on the benchmark prompts: whether the routed tokens
 agree (they must) and where the rest parts (vLLM's CPU build computes in bfloat16). Prints JSON on stdout;
-progress goes to stderr. vLLM is started through scripts/engine.sh and stopped at the end.
+progress goes to stderr. vLLM is started through scripts/engine.sh and stopped at the end (or given by
+``--engine-url``). Before vLLM starts, the front-end's own capacity is measured too: ``mogu serve`` answering
+only the routed tokens (``front_end_routed_phase_only``), what it does per request in front of an engine.
 
     python benchmarks/bench_engine.py                         # a bundle on the default model, built here
+    python benchmarks/bench_engine.py --threads 1 --max-batch-size 32   # docs/deploy.md's figures
     python benchmarks/bench_engine.py --target runs/default --concurrency 1,8,32 --max-tokens 128
 
 Without ``--target``, the bundle is the default model with untrained routers and slightly perturbed experts:

@@ -150,3 +150,9 @@ def test_health_reports_ok_error_and_unreachable(engine_config, info, fake_engin
     assert run(probe(engine_config))["status"] == "error"
     gone = engine_config.model_copy(update={"url": dead_url})
     assert run(probe(gone))["status"] == "unreachable"
+
+
+def test_config_takes_a_base_url_with_or_without_v1():
+    assert EngineConfig(url="http://127.0.0.1:8001/v1/").url == "http://127.0.0.1:8001"
+    with pytest.raises(ValueError, match="must look like"):
+        EngineConfig(url="127.0.0.1:8001")
