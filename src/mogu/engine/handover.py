@@ -10,7 +10,6 @@ characters are handled as in process, and the client sees one answer.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Optional
@@ -23,8 +22,6 @@ from mogu.model.chat import ChatInput, format_chat
 
 if TYPE_CHECKING:
     from mogu.model.bundle import MoGUModel
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
