@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from mogu.model.config import DecodingConfig
 from mogu.io.jsonl import JsonlError, append_jsonl, done_ids, field, read_jsonl
+from mogu.model.config import DecodingConfig
+from mogu.model.generation import Generation
 from mogu.model import MoGUModel
+from mogu.model.chat import ChatInput
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,12 @@ def read_prompts(path: Path) -> list[tuple[str, str | list[dict]]]:
     return prompts
 
 
-def answer_file(model: MoGUModel, source: Path, output: Path | None, decoding: DecodingConfig, batch_size: int) -> int:
-    """Answer every prompt in ``source``; with ``output``, skip ids already answered there."""
+def answer_file(model: MoGUModel, source: Path, output: Path | None, decoding: DecodingConfig, batch_size: int,
+                generate: Callable[[list[ChatInput], DecodingConfig], list[Generation]] | None = None) -> int:
+    """Answer every prompt in ``source``; with ``output``, skip ids already answered there.
+
+    ``generate``: what answers a batch (default ``model.generate``; an engine hand-over, for one)."""
+    generate = generate or model.generate
     prompts = read_prompts(source)
     skip = done_ids(output) if output is not None else set()
     todo = [(key, p) for key, p in prompts if key not in skip]
@@ -47,7 +54,7 @@ def answer_file(model: MoGUModel, source: Path, output: Path | None, decoding: D
         with tqdm(total=len(todo), desc="generating", unit="prompt", disable=output is None) as bar:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
-                for (key, prompt), result in zip(chunk, model.generate([p for _, p in chunk], decoding)):
+                for (key, prompt), result in zip(chunk, generate([p for _, p in chunk], decoding)):
                     record = {
                         "id": key,
                         "prompt": prompt,

@@ -115,6 +115,27 @@ Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="stop string (
 Routed = Annotated[Optional[int], typer.Option("--routed-tokens", help="tokens decoded with routing (default: the bundle's)")]
 Mode = Annotated[ModeName, typer.Option(help="mogu, or an ablation")]
 Template = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file for models without one")]
+EngineUrl = Annotated[Optional[str], typer.Option(
+    "--engine", help="URL of an OpenAI-compatible engine (vLLM) serving the plain base model: it writes each answer "
+    "after the routed tokens (docs/deploy.md)")]
+EngineModel = Annotated[Optional[str], typer.Option("--engine-model", help="the engine's model name (default: its only one)")]
+EngineKey = Annotated[Optional[str], typer.Option("--engine-api-key", envvar="MOGU_ENGINE_API_KEY", help="the engine's API key")]
+
+
+def _engine_config(url: Optional[str], model: Optional[str], api_key: Optional[str]):
+    """The engine settings of --engine/--engine-model/--engine-api-key, or None without --engine."""
+    from pydantic import ValidationError
+
+    from mogu.engine import EngineConfig
+
+    if url is None:
+        if model is not None or api_key is not None:
+            raise _fail(ValueError("--engine-model and --engine-api-key need --engine URL"))
+        return None
+    try:
+        return EngineConfig(url=url, model=model, api_key=api_key)
+    except ValidationError as err:
+        raise _fail(ValueError(f"--engine: {err.errors()[0]['msg']}")) from err
 
 
 @app.command()
@@ -135,23 +156,29 @@ def generate(
     show_gates: Annotated[bool, typer.Option(help="include the router weights of the routed tokens")] = False,
     chat_template: Template = None,
     dtype: Dtype = "auto",
+    engine: EngineUrl = None,
+    engine_model: EngineModel = None,
+    engine_api_key: EngineKey = None,
 ) -> None:
     """Answer prompts given on the command line or in a JSONL file."""
     from mogu.cli.files import answer_file, gate_summary
+    from mogu.engine.handover import EngineGenerator
 
     if bool(prompts) == bool(input):
         raise _fail(ValueError("give prompts as arguments or --input FILE (not both)"))
+    engine_config = _engine_config(engine, engine_model, engine_api_key)
     decoding = _decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                          stop=stop or [], routed_tokens=routed_tokens, mode=mode,
                          return_gates=show_gates)
     try:
         model = _load(target, chat_template, dtype)
+        run = EngineGenerator(model, engine_config) if engine_config is not None else model.generate
         if input is not None:
-            written = answer_file(model, input, output, decoding, batch_size)
+            written = answer_file(model, input, output, decoding, batch_size, run)
             log.info("wrote %d answers to %s", written, output or "stdout")
             return
         for start in range(0, len(prompts), batch_size):
-            for result in model.generate(prompts[start : start + batch_size], decoding):
+            for result in run(prompts[start : start + batch_size], decoding):
                 typer.echo(result.text)
                 if show_gates and result.gates is not None:
                     typer.echo(gate_summary(result.gates))
@@ -325,6 +352,9 @@ def eval_command(
     rejudge: Annotated[bool, typer.Option(help="judge the saved answers again; generate nothing")] = False,
     chat_template: Template = None,
     dtype: Dtype = "auto",
+    engine: EngineUrl = None,
+    engine_model: EngineModel = None,
+    engine_api_key: EngineKey = None,
 ) -> None:
     """Refusal rates of defenses on harmful and benign suites: report.json, report.md, plots (see docs/EVAL.md)."""
     from mogu.eval.report import format_markdown
@@ -332,13 +362,14 @@ def eval_command(
     from mogu.model.bundle_files import is_bundle
 
     decoding = _decoding(max_new_tokens=max_new_tokens)
+    engine_config = _engine_config(engine, engine_model, engine_api_key)
     try:
         suites = build_suites(harmful or [], benign or [], seed_split, attack or [], attack_prompts or [], seed)
         names = defense or ("none,mogu" if is_bundle(target) else "none")
         report = evaluate(target, suites, names, parse_judge_spec(judge), decoding, out, batch_size=batch_size,
                           defense_options=parse_defense_options(defense_arg or []), rejudge=rejudge, seed=seed,
                           chat_template=chat_template.read_text(encoding="utf-8") if chat_template else None,
-                          dtype=dtype, mogu_shifts=_shifts(mogu_shifts))
+                          dtype=dtype, mogu_shifts=_shifts(mogu_shifts), engine=engine_config)
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
     typer.echo(format_markdown(report))
@@ -412,10 +443,18 @@ def serve(
         "all but mogu switch the defence off")] = "mogu",
     chat_template: Template = None,
     dtype: Dtype = "auto",
+    engine: EngineUrl = None,
+    engine_model: EngineModel = None,
+    engine_api_key: EngineKey = None,
 ) -> None:
     """Serve an OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models, GET /health."""
+    import asyncio
+
+    from mogu.engine import EngineClient
+    from mogu.engine.client import check_engine
     from mogu.serve import ServeConfig, run_server, served_name
 
+    engine_config = _engine_config(engine, engine_model, engine_api_key)
     try:
         settings = ServeConfig(host=host, port=port, api_key=api_key, model_name=model_name or served_name(target),
                                max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
@@ -423,6 +462,12 @@ def serve(
                                max_body_bytes=max_body_bytes, torch_threads=threads, temperature=temperature,
                                allowed_modes=[mode.strip() for mode in allow_modes.split(",") if mode.strip()])
         model = _load(target, chat_template, dtype)
+        client = None
+        if engine_config is not None:
+            client = EngineClient(engine_config, asyncio.run(check_engine(engine_config, model.tokenizer)))
     except (OSError, ValueError, RuntimeError) as err:
         raise _fail(err) from err
-    run_server(model, settings)
+    if client is None:
+        run_server(model, settings)
+    else:
+        run_server(model, settings, engine=client)

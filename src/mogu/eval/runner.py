@@ -34,14 +34,24 @@ from tqdm import tqdm
 from mogu.io.files import write_json_atomic
 from mogu.model.config import DecodingConfig, DtypeName
 from mogu.eval.attacks import apply_attacks, load_attack_prompts, parse_attack_spec
-from mogu.eval.defenses import Defense, DefenseError, is_trained, make_defense, parse_defenses, with_mogu_shifts
+from mogu.engine import EngineConfig
+from mogu.engine.handover import EngineGenerator
+from mogu.eval.defenses import (
+    ChatDefense,
+    Defense,
+    DefenseError,
+    is_trained,
+    make_defense,
+    parse_defenses,
+    with_mogu_shifts,
+)
 from mogu.eval.gates import gate_summary
 from mogu.judging.keyword import RefusalJudge
 from mogu.judging.model_judges import EndpointJudge, ModelJudge
 from mogu.judging.repetition import repeated_sentence
 from mogu.judging.verdict import Judge, Verdict, verdict_for
 from mogu.eval.report import build_report, write_report
-from mogu.eval.suites import Suite, parse_suite_spec, prompt_key, seed_suites
+from mogu.eval.suites import Prompt, Suite, parse_suite_spec, prompt_key, seed_suites
 from mogu.io.jsonl import append_jsonl, done_ids, read_jsonl
 from mogu.model.bundle_files import is_bundle
 from mogu.model.loading import resolve_dtype
@@ -153,7 +163,7 @@ def _check_meta(path: Path, meta: dict[str, Any], names: Sequence[str], rejudge:
     has_answers = {n for n in names if (path.parent / f"{n}.jsonl").is_file()}
     if saved and has_answers:
         # answers saved before the dtype was recorded were made in float32
-        for key, before in (("target", None), ("dtype", "float32"), ("decoding", None)):
+        for key, before in (("target", None), ("dtype", "float32"), ("decoding", None), ("engine", None)):
             if saved.get(key, before) != meta[key]:
                 raise EvalError(
                     f"{path.parent} holds answers made with another {key} ({saved.get(key)!r}, now {meta[key]!r}); "
@@ -167,9 +177,20 @@ def _check_meta(path: Path, meta: dict[str, Any], names: Sequence[str], rejudge:
                     f"{meta['defenses'][name]}); use another --out folder or delete that file"
                 )
     merged = {**saved, "target": meta["target"], "dtype": meta["dtype"], "decoding": meta["decoding"],
+              "engine": meta["engine"],
               "defenses": {**saved.get("defenses", {}), **meta["defenses"]}}
     write_json_atomic(path, merged)
     return merged
+
+
+def _engine_answers(defense: ChatDefense, engine: EngineGenerator, prompts: Sequence[Prompt],
+                    decoding: DecodingConfig) -> list[str]:
+    """A chat defense's answers with the base model's part on the engine; one that only changes the prompt
+    (mode ``base``: no routed tokens) runs wholly there."""
+    update = dict(defense.update)
+    if update.get("mode") == "base":
+        update["routed_tokens"] = 0
+    return [r.text for r in engine([defense.chat(p) for p in prompts], decoding.model_copy(update=update))]
 
 
 def _shared(decoding: DecodingConfig) -> dict[str, Any]:
@@ -226,6 +247,7 @@ def evaluate(
     chat_template: str | None = None,
     dtype: DtypeName | None = None,
     mogu_shifts: Sequence[float] = (),
+    engine: EngineConfig | None = None,
 ) -> dict[str, Any]:
     """Generate (cached) with every defense on every suite, judge the answers, write the report; return it.
 
@@ -236,6 +258,8 @@ def evaluate(
     defenses (default greedy, 64 new tokens). ``dtype``: of the base model's weights when ``target`` is
     loaded here (``mogu.model.loading.resolve_dtype``; None: float32). ``mogu_shifts``: also evaluate ``mogu``
     with its routers shifted by each (defenses ``mogu@+0.5``, ...; ``mogu.eval.defenses.ShiftedMoGU``).
+    ``engine``: the chat defenses' answers after the routed tokens come from this engine (``mogu.engine``),
+    prompt-only ones wholly; the others run in process.
     """
     from mogu.model import MoGUModel
 
@@ -298,7 +322,8 @@ def evaluate(
         defenses_meta = {name: get_defense(name).params() for name in names}
         weights = target.base_model.dtype if isinstance(target, MoGUModel) else resolve_dtype(dtype)
         meta = {"target": _target_label(target), "dtype": str(weights).removeprefix("torch."),
-                "decoding": _shared(decoding), "defenses": defenses_meta}
+                "decoding": _shared(decoding), "defenses": defenses_meta,
+                "engine": engine.url if engine is not None else None}
         _check_meta(gen_dir / "meta.json", meta, names, rejudge)
         for name in names:
             if not todo[name]:
@@ -315,7 +340,11 @@ def evaluate(
                 for start in range(0, len(batch_order), batch_size):
                     chunk = batch_order[start : start + batch_size]
                     began = time.perf_counter()
-                    answers = defense.generate(chunk, decoding)
+                    if engine is not None and isinstance(defense, ChatDefense):
+                        state.setdefault("engine", EngineGenerator(model(), engine))
+                        answers = _engine_answers(defense, state["engine"], chunk, decoding)
+                    else:
+                        answers = defense.generate(chunk, decoding)
                     if len(answers) != len(chunk):
                         raise DefenseError(f"{name} returned {len(answers)} answers for {len(chunk)} prompts")
                     each = (time.perf_counter() - began) / len(chunk)

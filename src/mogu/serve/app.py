@@ -5,6 +5,11 @@ not), ``GET /v1/models``, ``GET /health``. Every error, including malformed
 JSON and unknown routes, is answered in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``.
 
+With an engine (``mogu.engine``), the worker decodes only the routed tokens
+and the engine writes the rest; a streamed answer then starts once the engine
+has sent its first tokens, so a request the engine cannot take still gets a
+plain 502/503/504.
+
 A request is validated (auth, body size, JSON, fields, max_tokens) on the
 event loop, then queued; its prompt is tokenised and length-checked on the
 worker thread (the tokenizer, like the model, is used from one thread only).
@@ -34,9 +39,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mogu.engine import Continuation, EngineClient, EngineError, routed_phase
 from mogu.model.config import DecodingConfig
+from mogu.model.generation import Generation, GenerationError, context_limit, eos_ids
 from mogu.serve.settings import RequestMode
-from mogu.model.generation import Generation, GenerationError, context_limit
 from mogu.model.chat import ChatInput, ChatTemplateError, format_chat, to_messages
 from mogu.serve.batcher import Batcher, BatcherClosedError, CheckFn, Job, JobCancelledError, QueueFullError
 from mogu.serve.schemas import (
@@ -138,9 +144,10 @@ def served_name(target: str) -> str:
     return path.resolve().name if path.exists() else target
 
 
-def make_check(model: MoGUModel, settings: ServeConfig) -> CheckFn:
-    """The per-request prompt check run on the worker thread: template, prompt length, context room."""
-    limit = context_limit(model.base_model)
+def make_check(model: MoGUModel, settings: ServeConfig, engine_context: Optional[int] = None) -> CheckFn:
+    """The per-request prompt check run on the worker thread: template, prompt length, context room
+    (the engine's context where it is shorter than the model's)."""
+    limit = min((n for n in (context_limit(model.base_model), engine_context) if n is not None), default=None)
     most = settings.max_prompt_tokens
 
     def check(prompt: ChatInput, decoding: DecodingConfig) -> None:
@@ -177,6 +184,7 @@ def _decoding(req: ChatCompletionRequest, settings: ServeConfig) -> DecodingConf
             temperature=temperature,
             top_p=top_p,
             top_k=extra.top_k if extra else 0,
+            min_new_tokens=extra.min_tokens if extra else 0,
             seed=req.seed,
             stop=req.stop_list(),
             mode=_mode(extra, settings),
@@ -293,6 +301,27 @@ def _parse(body: bytes) -> ChatCompletionRequest:
         raise ApiError(400, "the request body is nested too deeply") from err
 
 
+def _engine_error(err: EngineError) -> ApiError:
+    kind = "invalid_request_error" if err.status < 500 else "server_error"
+    return ApiError(err.status, str(err), type=kind, code=err.code)
+
+
+async def _watched(work: Any, request: Request) -> Any:
+    """Await ``work`` (a coroutine); cancel it and raise ``_ClientGone`` if the client disconnects meanwhile."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise _ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 async def _next_event(events: asyncio.Queue, request: Request) -> tuple[str, Any]:
     """The job's next event; raises ``_ClientGone`` if the client disconnects meanwhile."""
     while True:
@@ -303,17 +332,29 @@ async def _next_event(events: asyncio.Queue, request: Request) -> tuple[str, Any
                 raise _ClientGone from None
 
 
-def create_app(model: MoGUModel, settings: Optional[ServeConfig] = None) -> FastAPI:
-    """The FastAPI app serving ``model`` (a ``MoGUModel``); the batcher starts with the app's lifespan."""
+def create_app(model: MoGUModel, settings: Optional[ServeConfig] = None,
+               engine: Optional[EngineClient] = None) -> FastAPI:
+    """The FastAPI app serving ``model`` (a ``MoGUModel``); the batcher starts with the app's lifespan.
+
+    ``engine`` (checked with ``mogu.engine.client.check_engine``): the worker decodes the routed tokens only,
+    and the engine writes the rest of each answer.
+    """
     settings = settings or ServeConfig()
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
+    engine_context = engine.info.max_model_len if engine is not None and engine.info is not None else None
+    def generate(prompts: list[ChatInput], decoding: DecodingConfig, on_text: Any) -> list[Generation]:
+        if engine is None:
+            return model.generate(prompts, decoding, on_text)
+        return routed_phase(model, prompts, decoding, engine_context)  # text is sent once the engine has started
+
+    eos = eos_ids(model)
     batcher = Batcher(
-        lambda prompts, decoding, on_text: model.generate(prompts, decoding, on_text),
+        generate,
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue,
         batch_wait_s=settings.batch_wait_ms / 1000,
-        check=make_check(model, settings),
+        check=make_check(model, settings, engine_context),
         min_retry_after_s=settings.retry_after_s,
     )
     name = settings.model_name or Path(model.config.base.source).name or "mogu"
@@ -327,6 +368,8 @@ def create_app(model: MoGUModel, settings: Optional[ServeConfig] = None) -> Fast
         state.draining = True
         await asyncio.to_thread(batcher.close, True, settings.shutdown_timeout_s)
         log.info("generation worker stopped")
+        if engine is not None:
+            await engine.aclose()
 
     app = FastAPI(title="MoGU", version="1", lifespan=lifespan)
     app.state.mogu = state
@@ -364,15 +407,21 @@ def create_app(model: MoGUModel, settings: Optional[ServeConfig] = None) -> Fast
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        engine_state = await engine.health() if engine is not None else None
+        status = "draining" if state.draining else "ok"
+        if engine_state is not None and engine_state["status"] != "ok" and not state.draining:
+            status = "engine_unavailable"
         body = {
-            "status": "draining" if state.draining else "ok",
+            "status": status,
             "model": name,
             "queued": batcher.queued,
             "running": batcher.running,
             "in_flight": state.in_flight,
             "stats": batcher.stats.as_dict(),
         }
-        return JSONResponse(body, status_code=503 if state.draining else 200)
+        if engine_state is not None:
+            body["engine"] = engine_state
+        return JSONResponse(body, status_code=503 if status != "ok" else 200)
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> ModelList:
@@ -414,6 +463,27 @@ def create_app(model: MoGUModel, settings: Optional[ServeConfig] = None) -> Fast
             kind, payload = await _next_event(events, request)
             if kind == "error":
                 raise _job_error(payload)
+            if engine is not None:
+                while kind not in ("done", "error"):
+                    kind, payload = await _next_event(events, request)
+                if kind == "error":
+                    raise _job_error(payload)
+                continuation = Continuation(engine, payload, decoding, model.tokenizer, eos)
+                try:
+                    if not stream:
+                        result = await _watched(continuation.collect(), request)
+                    else:
+                        first = await _watched(continuation.open(), request)
+                except EngineError as err:
+                    raise _engine_error(err) from err
+                if stream:
+                    handed_over = True
+                    return _JobStream(_engine_stream(continuation, first, completion_id, created, include_usage),
+                                      lambda: _close_engine_stream(continuation))
+                return JSONResponse(_dump(ChatCompletion(
+                    id=completion_id, created=created, model=name,
+                    choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
+                    usage=_usage(result), mogu=_gate_report(result, state.layers))))
             if not stream:
                 while kind != "done":
                     kind, payload = await _next_event(events, request)
@@ -445,6 +515,41 @@ def create_app(model: MoGUModel, settings: Optional[ServeConfig] = None) -> Fast
         elif job.cancelled:
             log.info("client disconnected mid-stream; stopped forwarding its text")
         state.in_flight -= 1
+
+    def _close_engine_stream(continuation: Continuation) -> None:
+        """Cancel the engine's request of a stream that ended early (a client that left)."""
+        state.in_flight -= 1
+        try:
+            asyncio.get_running_loop().create_task(continuation.aclose())
+        except RuntimeError:  # no loop any more: the connection goes with it
+            pass
+
+    async def _engine_stream(continuation: Continuation, first: str, completion_id: str, created: int,
+                             include_usage: bool) -> AsyncIterator[str]:
+        """SSE chunks of an answer handed over to the engine; an engine failure ends it with an error event."""
+
+        def chunk(delta: Delta, finish: Optional[str] = None, report: Optional[MoGUReport] = None) -> str:
+            body = ChatCompletionChunk(id=completion_id, created=created, model=name,
+                                       choices=[ChunkChoice(delta=delta, finish_reason=finish)], mogu=report)
+            return _sse(_dump(body))
+
+        yield chunk(Delta(role="assistant", content=first))
+        try:
+            async for piece in continuation.rest():
+                yield chunk(Delta(content=piece))
+        except EngineError as err:
+            log.warning("engine failed mid-answer: %s", err)
+            yield _sse(ErrorResponse(error=_engine_error(err).body).model_dump())
+            yield _sse("[DONE]")
+            return
+        finally:
+            await continuation.aclose()
+        result = continuation.result()
+        yield chunk(Delta(), result.finish_reason, _gate_report(result, state.layers))
+        if include_usage:
+            yield _sse(_dump(ChatCompletionChunk(id=completion_id, created=created, model=name, choices=[],
+                                                 usage=_usage(result))))
+        yield _sse("[DONE]")
 
     async def _stream(events: asyncio.Queue, completion_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:
         """SSE chunks for a started job, ending with ``data: [DONE]``."""
@@ -492,15 +597,15 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_server(model: MoGUModel, settings: ServeConfig) -> None:
-    """Serve ``model`` with uvicorn until SIGINT/SIGTERM, then drain gracefully."""
+def run_server(model: MoGUModel, settings: ServeConfig, engine: Optional[EngineClient] = None) -> None:
+    """Serve ``model`` with uvicorn until SIGINT/SIGTERM, then drain gracefully (``engine``: see ``create_app``)."""
     if not settings.is_loopback:
         if settings.api_key is None:
             log.warning("binding %s without --api-key: anyone who can reach this address can use the model",
                         settings.host)
         else:
             log.warning("binding %s: the API key travels in clear text; put TLS in front for other hosts", settings.host)
-    app = create_app(model, settings)
+    app = create_app(model, settings, engine)
     config = uvicorn.Config(
         app,
         host=settings.host,

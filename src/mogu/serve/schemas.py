@@ -57,6 +57,7 @@ class MoGUOptions(_Strict):
     return_gates: bool = Field(False, description="return the router weights of the routed tokens")
     top_k: int = Field(0, ge=0, description="top-k filter for sampling; 0: off")
     mode: RequestMode = Field("mogu", description="ablations: decode the routed tokens otherwise (only those the server allows)")
+    min_tokens: int = Field(0, ge=0, description="EOS is ignored before this many tokens (benchmarks: fixed-length answers)")
 
 
 def _neutral(name: str, value: Any, neutral: tuple[Any, ...]) -> Any:
