@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mogu.cli.config_docs import configuration_reference
+from mogu.engine.settings import EngineConfig
 from mogu.model.config import DecodingConfig
 from mogu.serve.settings import ServeConfig
 from mogu.train.config import TrainConfig
@@ -26,5 +27,5 @@ def test_every_setting_is_described():
             elif not field.description:
                 yield prefix + name
 
-    missing = [*undescribed(TrainConfig), *undescribed(DecodingConfig), *undescribed(ServeConfig)]
+    missing = [*undescribed(TrainConfig), *undescribed(DecodingConfig), *undescribed(ServeConfig), *undescribed(EngineConfig)]
     assert not missing, f"fields without a description: {missing}"

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from mogu.engine.settings import EngineConfig
 from mogu.model.config import DecodingConfig
 from mogu.serve.settings import ServeConfig
 from mogu.train.config import PRESETS, TrainConfig
@@ -94,5 +95,8 @@ def configuration_reference() -> str:
                "Fields of `DecodingConfig` (`mogu.model.config`)."),
         _table("Serving (`mogu serve`)", ServeConfig, "Fields of `ServeConfig` (`mogu.serve.settings`); "
                "`mogu serve --help` names the option of each."),
+        _table("Engine hand-over (`--engine`)", EngineConfig, "Fields of `EngineConfig` (`mogu.engine.settings`): "
+               "`--engine`, `--engine-model` and `--engine-api-key` set the first three; the rest through the "
+               "Python API (docs/deploy.md)."),
     ]
     return "\n".join(parts)

@@ -27,8 +27,8 @@ and reused when their config and base model match; a folder holding a piece
 trained otherwise is an error, never overwritten.
 """
 
-from mogu.eval.defenses.base import Defense, DefenseError
+from mogu.eval.defenses.base import ChatDefense, Defense, DefenseError
 from mogu.eval.defenses.mogu import is_trained
 from mogu.eval.defenses.registry import DEFENSES, make_defense, parse_defenses, with_mogu_shifts
 
-__all__ = ["DEFENSES", "Defense", "DefenseError", "is_trained", "make_defense", "parse_defenses", "with_mogu_shifts"]
+__all__ = ["DEFENSES", "ChatDefense", "Defense", "DefenseError", "is_trained", "make_defense", "parse_defenses", "with_mogu_shifts"]
