@@ -16,7 +16,8 @@ from mogu.eval import evaluate
 from mogu.eval.defenses import Defense, DefenseError
 from mogu.judging.verdict import Judge, verdict_for
 from mogu.eval.report import REQUIRED_DEFENSE_KEYS, REQUIRED_SUITE_KEYS, pareto_frontier
-from mogu.eval.runner import EvalError, build_suites, parse_defense_options, parse_judge_spec
+from mogu.eval.runner import build_suites
+from mogu.eval.specs import EvalError, parse_defense_options, parse_judge_spec
 from mogu.model import MoGUModel
 from mogu.model.loading import resolve_dtype
 from tests.support.models import instructions_file, randomize

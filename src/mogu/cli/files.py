@@ -11,10 +11,10 @@ import torch
 from tqdm import tqdm
 
 from mogu.io.jsonl import JsonlError, append_jsonl, done_ids, field, read_jsonl
-from mogu.model.config import DecodingConfig
-from mogu.model.generation import Generation
 from mogu.model import MoGUModel
 from mogu.model.chat import ChatInput
+from mogu.model.config import DecodingConfig
+from mogu.model.generation import Generation
 
 log = logging.getLogger(__name__)
 

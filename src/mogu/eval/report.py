@@ -1,4 +1,4 @@
-"""The evaluation report: ``report.json`` (stable schema, see docs/EVAL.md), ``report.md`` and plots.
+"""The evaluation report: ``report.json`` (stable schema, see docs/evaluation.md), ``report.md`` and plots.
 
 Refusal rates are over parseable verdicts; unparseable ones are counted per
 suite and shown, never dropped. A defense's harmful (benign) refusal rate is
@@ -16,17 +16,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mogu.eval.defenses.mogu import router_shift
 from mogu.io.files import write_json_atomic
 from mogu.io.provenance import provenance
-from mogu.eval.defenses.mogu import router_shift
 from mogu.judging.repetition import MIN_WORDS, repetition_summary
-from mogu.judging.verdict import Verdict, summarise
 from mogu.judging.stats import format_interval
+from mogu.judging.verdict import Verdict, summarise
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-# Keys every report has, per defense and per suite (docs/EVAL.md); later versions only add keys.
+# Keys every report has, per defense and per suite (docs/evaluation.md); later versions only add keys.
 REQUIRED_DEFENSE_KEYS = frozenset({"suites", "harmful_refusal_rate", "benign_refusal_rate", "unparseable", "seconds"})
 REQUIRED_SUITE_KEYS = frozenset({"kind", "n", "refused", "complied", "unparseable", "refusal_rate"})
 

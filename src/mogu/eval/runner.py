@@ -8,7 +8,7 @@ Layout of the output folder::
     verdicts/{defense}.jsonl       cached verdicts (per judge and response)
     defenses/{sft,detect-input}/   trained baseline pieces, made once
     samples.jsonl                  every judged answer with its verdict
-    report.json, report.md         the results (schema in docs/EVAL.md)
+    report.json, report.md         the results (schema in docs/evaluation.md)
     pareto.png, gates.png          the plots
 
 Generation and judging are apart: a rerun generates only the prompts not
@@ -31,11 +31,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mogu.io.files import write_json_atomic
-from mogu.model.config import DecodingConfig, DtypeName
-from mogu.eval.attacks import apply_attacks, load_attack_prompts, parse_attack_spec
 from mogu.engine import EngineConfig
 from mogu.engine.handover import EngineGenerator
+from mogu.eval.attacks import apply_attacks, load_attack_prompts, parse_attack_spec
 from mogu.eval.defenses import (
     ChatDefense,
     Defense,
@@ -46,68 +44,18 @@ from mogu.eval.defenses import (
     with_mogu_shifts,
 )
 from mogu.eval.gates import gate_summary
-from mogu.judging.keyword import RefusalJudge
-from mogu.judging.model_judges import EndpointJudge, ModelJudge
+from mogu.eval.report import build_report, write_report
+from mogu.eval.specs import EvalError, parse_judge_spec
+from mogu.eval.suites import Prompt, Suite, parse_suite_spec, prompt_key, seed_suites
+from mogu.io.files import write_json_atomic
+from mogu.io.jsonl import append_jsonl, done_ids, read_jsonl
 from mogu.judging.repetition import repeated_sentence
 from mogu.judging.verdict import Judge, Verdict, verdict_for
-from mogu.eval.report import build_report, write_report
-from mogu.eval.suites import Prompt, Suite, parse_suite_spec, prompt_key, seed_suites
-from mogu.io.jsonl import append_jsonl, done_ids, read_jsonl
 from mogu.model.bundle_files import is_bundle
+from mogu.model.config import DecodingConfig, DtypeName
 from mogu.model.loading import resolve_dtype
 
 log = logging.getLogger(__name__)
-
-JUDGE_API_KEY_ENV = "MOGU_JUDGE_API_KEY"
-
-
-class EvalError(ValueError):
-    """Bad evaluation inputs, or an output folder that does not fit this run."""
-
-
-def parse_judge_spec(spec: str) -> Judge:
-    """``keyword``, ``model:PATH[,mode=M][,with_request=true]`` or ``endpoint:URL,model=NAME``.
-
-    The endpoint's API key, if it needs one, is read from ``$MOGU_JUDGE_API_KEY``.
-    """
-    if spec == "keyword":
-        return RefusalJudge()
-    kind, sep, rest = spec.partition(":")
-    if kind not in ("model", "endpoint") or not sep or not rest:
-        raise EvalError(f"judge spec {spec!r}: expected keyword, model:PATH or endpoint:URL,model=NAME")
-    head, *pairs = rest.split(",")
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key or not value:
-            raise EvalError(f"judge spec {spec!r}: {pair!r} is not KEY=VALUE")
-        options[key.strip()] = value.strip()
-    if kind == "model":
-        unknown = set(options) - {"mode", "with_request"}
-        if unknown:
-            raise EvalError(f"judge spec {spec!r}: unknown option(s) {sorted(unknown)}; model judges take mode=, with_request=")
-        return ModelJudge(head, mode=options.get("mode", "auto"),  # type: ignore[arg-type]
-                          with_request=options.get("with_request", "false").lower() in ("1", "true", "yes"))
-    if set(options) != {"model"}:
-        raise EvalError(f"judge spec {spec!r}: an endpoint judge takes exactly model=NAME")
-    return EndpointJudge(head, options["model"], api_key=os.environ.get(JUDGE_API_KEY_ENV))
-
-
-def parse_defense_options(args: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``NAME.KEY=VALUE`` items -> ``{NAME: {KEY: VALUE}}``; values are read as JSON when they parse."""
-    options: dict[str, dict[str, Any]] = {}
-    for arg in args:
-        head, eq, raw = arg.partition("=")
-        name, dot, key = head.partition(".")
-        if not eq or not dot or not name or not key:
-            raise EvalError(f"defense option {arg!r}: expected NAME.KEY=VALUE (e.g. safedecoding.alpha=2)")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        options.setdefault(name, {})[key] = value
-    return options
-
 
 def build_suites(
     harmful: Sequence[str] = (),

@@ -116,7 +116,7 @@ class MoGULayer(nn.Module):
         Each layer prepares its input (``Router.prepare``) and projects it once, in one product, for every
         router that reads it (``readers``), adding each router's part to a running sum; its own router then
         only adds its bias. Concatenating the inputs below for every router instead costs memory traffic
-        that grows with the square of the routed layers (docs/TRAINING.md, throughput).
+        that grows with the square of the routed layers (docs/ablations.md, throughput).
         """
         if not self.stacks:
             return self.router(x)

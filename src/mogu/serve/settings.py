@@ -24,7 +24,7 @@ class ServeConfig(StrictModel):
     routed tokens without the routers (an ablation), so clients get only
     ``mogu`` unless the operator allows more. ``temperature`` applies to
     requests that give none; it defaults to greedy because the safety
-    behaviour (refusal rates in docs/RESULTS.md) was measured with greedy
+    behaviour (refusal rates in docs/results.md) was measured with greedy
     decoding, as the CLI and every evaluation decode.
     """
 

@@ -1,6 +1,6 @@
 """Training data: instructions in, (instruction, compliant, refusal) records out.
 
-Schema of a record (JSON Lines, one object per line; documented in docs/DATA.md):
+Schema of a record (JSON Lines, one object per line; documented in docs/data.md):
 
     id           str, unique
     instruction  str, non-empty, unique after normalisation

@@ -3,7 +3,7 @@
 MoGU puts experts and a router in every layer. On the default model the early
 layers' inputs separate harmful from benign instructions worst (a linear probe
 at the last prompt token: about 0.8-0.85 balanced validation accuracy in
-layers 0-4, mostly 0.9-0.95 from layer 10 on; docs/TRAINING.md), yet the routed model's
+layers 0-4, mostly 0.9-0.95 from layer 10 on; docs/ablations.md), yet the routed model's
 behaviour is decided mostly there. MoGU v2 (arXiv 2509.06807) routes only the
 layers with "highly classifiable security features". Here that is measured,
 not guessed: a probe per layer is fitted on the training split and scored on

@@ -29,6 +29,11 @@ trained otherwise is an error, never overwritten.
 
 from mogu.eval.defenses.base import ChatDefense, Defense, DefenseError
 from mogu.eval.defenses.mogu import is_trained
-from mogu.eval.defenses.registry import DEFENSES, make_defense, parse_defenses, with_mogu_shifts
+from mogu.eval.defenses.registry import (
+    DEFENSES,
+    make_defense,
+    parse_defenses,
+    with_mogu_shifts,
+)
 
 __all__ = ["DEFENSES", "ChatDefense", "Defense", "DefenseError", "is_trained", "make_defense", "parse_defenses", "with_mogu_shifts"]

@@ -15,7 +15,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from mogu.eval.defenses.base import Defense, Options, cache_matches, own_folder, seeded_subset, train_and_val, validated
+from mogu.eval.defenses.base import (
+    Defense,
+    Options,
+    cache_matches,
+    own_folder,
+    seeded_subset,
+    train_and_val,
+    validated,
+)
 from mogu.eval.suites import Prompt
 from mogu.io.files import save_tensors_atomic, write_json_atomic
 from mogu.io.provenance import provenance

@@ -10,7 +10,13 @@ from typing import Any
 from mogu.eval.defenses.base import Defense, DefenseError
 from mogu.eval.defenses.detect_input import InputDetector
 from mogu.eval.defenses.icd import InContextDefense
-from mogu.eval.defenses.mogu import MoGUDefense, MoGUFixed, ShiftedMoGU, router_shift, shifted_name
+from mogu.eval.defenses.mogu import (
+    MoGUDefense,
+    MoGUFixed,
+    ShiftedMoGU,
+    router_shift,
+    shifted_name,
+)
 from mogu.eval.defenses.none import NoDefense
 from mogu.eval.defenses.safedecoding import SafeDecoding
 from mogu.eval.defenses.self_reminder import SelfReminder

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from mogu.eval.defenses.base import SLOT, Defense, DefenseError, Options, borrowed_expert
+from mogu.eval.defenses.base import (
+    SLOT,
+    Defense,
+    DefenseError,
+    Options,
+    borrowed_expert,
+)
 from mogu.eval.defenses.sft import SFTDefense
 from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel

@@ -21,8 +21,17 @@ from pydantic import Field
 from safetensors.torch import load_file
 
 from mogu.eval.defenses.base import (
-    SLOT, Defense, DefenseError, Options, borrowed_expert, cache_matches, own_folder, restored_expert,
-    seeded_subset, train_and_val, validated,
+    SLOT,
+    Defense,
+    DefenseError,
+    Options,
+    borrowed_expert,
+    cache_matches,
+    own_folder,
+    restored_expert,
+    seeded_subset,
+    train_and_val,
+    validated,
 )
 from mogu.eval.suites import Prompt
 from mogu.io.files import write_json_atomic
@@ -54,7 +63,7 @@ class SFTConfig(StrictModel):
     max_length: int = Field(192, ge=16)
     max_response_tokens: int = Field(20, ge=4)
     seed: int = 0
-    data: Path | None = Field(None, description="instructions JSONL (docs/DATA.md); None: the packaged seed data")
+    data: Path | None = Field(None, description="instructions JSONL (docs/data.md); None: the packaged seed data")
     framing: FramingConfig = Field(
         FramingConfig(), description="framed copies added to the sampled instructions, as mogu train adds them "
         "(mogu.train.augment); the evaluation passes a bundle's own setting"
