@@ -35,8 +35,7 @@ from mogu.model.config import RouterConfig
 from mogu.engine import EngineClient, EngineConfig
 from mogu.engine.client import check_engine
 from mogu.model import MoGUModel
-from mogu.serve import ServeConfig
-from mogu.serve.app import create_app
+from mogu.serve import ServeConfig, create_app
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_MODEL = "tiny"

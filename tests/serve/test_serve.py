@@ -26,8 +26,8 @@ from mogu.cli import app
 from mogu.model.config import DecodingConfig
 from mogu.model.generation import Generation
 from mogu.model import MoGUModel
-from mogu.serve import ServeConfig
-from mogu.serve.app import ApiError, _decoding
+from mogu.serve import ServeConfig, parsing
+from mogu.serve.errors import ApiError
 from mogu.serve.batcher import Batcher, BatcherClosedError, JobCancelledError, QueueFullError
 from mogu.serve.schemas import ChatCompletionRequest
 
@@ -181,20 +181,20 @@ def test_batcher_on_the_real_model_recovers_from_an_abandoned_batch(tiny_model_d
 # ------------------------------------------------------- request settings
 def test_a_request_without_temperature_gets_the_servers_greedy_default():
     request = ChatCompletionRequest(messages=HELLO)
-    assert _decoding(request, ServeConfig()).temperature == 0.0
-    assert _decoding(request, ServeConfig(temperature=0.7)).temperature == 0.7
+    assert parsing.decoding(request, ServeConfig()).temperature == 0.0
+    assert parsing.decoding(request, ServeConfig(temperature=0.7)).temperature == 0.7
     asked = ChatCompletionRequest(messages=HELLO, temperature=1.0)
-    assert _decoding(asked, ServeConfig()).temperature == 1.0
+    assert parsing.decoding(asked, ServeConfig()).temperature == 1.0
 
 
 def test_only_the_modes_the_server_allows_may_be_requested():
     ablation = ChatCompletionRequest(messages=HELLO, mogu={"mode": "unwill"})
     with pytest.raises(ApiError) as refused:
-        _decoding(ablation, ServeConfig())
+        parsing.decoding(ablation, ServeConfig())
     assert refused.value.status == 400 and refused.value.body.param == "mogu.mode"
     assert "'unwill' is not allowed" in refused.value.body.message
-    assert _decoding(ablation, ServeConfig(allowed_modes=["mogu", "unwill"])).mode == "unwill"
-    assert _decoding(ChatCompletionRequest(messages=HELLO), ServeConfig()).mode == "mogu"
+    assert parsing.decoding(ablation, ServeConfig(allowed_modes=["mogu", "unwill"])).mode == "unwill"
+    assert parsing.decoding(ChatCompletionRequest(messages=HELLO), ServeConfig()).mode == "mogu"
 
 
 def test_serve_command_passes_temperature_and_allowed_modes(llama_dir, monkeypatch):
