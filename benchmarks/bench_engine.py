@@ -11,7 +11,7 @@ only the routed tokens (``front_end_routed_phase_only``), what it does per reque
 
     python benchmarks/bench_engine.py                         # a bundle on the default model, built here
     python benchmarks/bench_engine.py --threads 1 --max-batch-size 32   # docs/deploy.md's figures
-    python benchmarks/bench_engine.py --target runs/default --concurrency 1,8,32 --max-tokens 128
+    python benchmarks/bench_engine.py --target BUNDLE --concurrency 1,8,32 --max-tokens 128
 
 Without ``--target``, the bundle is the default model with untrained routers and slightly perturbed experts:
 what is measured (routing cost, hand-over, engine throughput, agreement of the routed tokens) does not depend

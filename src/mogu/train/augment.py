@@ -2,10 +2,9 @@
 
 Jailbreaks hide a request inside a framing (a story, a persona, "start with
 'Sure'", "no disclaimers"). Routers trained on plain instructions read such
-a framing as a different kind of prompt: on the seed validation split the
-stop-14 bundle refused 95% of plain harmful instructions but 75% of the same
-instructions framed (benchmarks/framed_validation.py; docs/ablations.md,
-"Framed instructions"). So training gains framed copies of instructions of
+a framing as a different kind of prompt: a bundle trained without framed copies
+refused 95% of plain harmful validation instructions but 75% of the same
+instructions framed (docs/ablations.md, "Framed training copies"). So training gains framed copies of instructions of
 *both* labels, with the label and responses of the plain instruction: the
 framing alone must not decide.
 
