@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,23 +36,9 @@ from typing import Any, Optional
 
 import httpx
 
+from bench_serve import PROMPTS, free_port  # run from benchmarks/, as the scripts import each other
+
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS = [
-    "Give me three tips for a good night's sleep.",
-    "How do I bake bread at home?",
-    "Write a short poem about the sea.",
-    "Explain what a Python list comprehension is.",
-    "What is the capital of France, and why is it famous?",
-    "Summarise the plot of Romeo and Juliet in two sentences.",
-    "How can I improve my handwriting?",
-    "What are the health benefits of walking every day?",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> Optional[float]:
