@@ -308,3 +308,13 @@ def test_packaged_seed_file():
     suites = seed_suites()
     assert [s.name for s in suites] == ["seed-harmful", "seed-benign", "seed-borderline"]
     assert all(len(s) > 0 for s in suites)
+
+
+def test_packaged_suites_of_each_split_come_from_the_instruction_set():
+    test = seed_suites("test")
+    assert [s.name for s in test] == ["seed-harmful", "seed-benign", "seed-borderline"]
+    assert [len(s) for s in test] == [70, 70, 54]  # the seed test split
+    styled = seed_suites("val_style", limit=5)
+    assert [s.name for s in styled] == ["val_style-harmful", "val_style-benign", "val_style-borderline"]
+    assert [s.kind for s in styled] == ["harmful", "benign", "benign"] and all(len(s) == 5 for s in styled)
+    assert all(p.text == p.text.lower() for s in styled for p in s.prompts)  # written in the texting style

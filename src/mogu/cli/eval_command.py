@@ -36,7 +36,10 @@ def eval_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder (generations are cached there; rerun to resume)")],
     harmful: Annotated[Optional[list[str]], typer.Option("--harmful", help="harmful suite PATH[:name=N][:column=C][:where=K=V][:limit=N] (repeatable)")] = None,
     benign: Annotated[Optional[list[str]], typer.Option("--benign", help="benign suite, same spec (repeatable)")] = None,
-    seed_split: Annotated[Optional[str], typer.Option("--seed-split", help="add the packaged seed suites of this split (test)")] = None,
+    seed_split: Annotated[Optional[str], typer.Option("--seed-split", help="add the packaged instruction set's suites "
+                                                      "of these splits, comma-separated: test, val, val_heldout, val_style")] = None,
+    seed_limit: Annotated[Optional[int], typer.Option("--seed-limit", min=1, help="sample each --seed-split suite to "
+                                                      "this many prompts")] = None,
     attack: Annotated[Optional[list[str]], typer.Option("--attack", help="also run every harmful suite wrapped by: none | prefix | refusal-suppression | template:PATH[:n=N] | suffix:PATH[:n=N] (repeatable)")] = None,
     attack_prompts: Annotated[Optional[list[str]], typer.Option("--attack-prompts", help="ready-made attack prompts FILE[:method=M] (repeatable)")] = None,
     defense: Annotated[Optional[str], typer.Option("--defense", help="comma-separated: none, self-reminder, icd, sft, safedecoding, detect-input, mogu-fixed, mogu (default: none,mogu for a bundle, none otherwise)")] = None,
@@ -62,7 +65,8 @@ def eval_command(
     decoding = decoding_config(max_new_tokens=max_new_tokens)
     engine_config = engine_settings(engine, engine_model, engine_api_key)
     try:
-        suites = build_suites(harmful or [], benign or [], seed_split, attack or [], attack_prompts or [], seed)
+        suites = build_suites(harmful or [], benign or [], seed_split, attack or [], attack_prompts or [], seed,
+                              seed_limit)
         names = defense or ("none,mogu" if is_bundle(target) else "none")
         report = evaluate(target, suites, names, parse_judge_spec(judge), decoding, out, batch_size=batch_size,
                           defense_options=parse_defense_options(defense_arg or []), rejudge=rejudge, seed=seed,

@@ -64,17 +64,20 @@ def build_suites(
     attacks: Sequence[str] = (),
     attack_prompts: Sequence[str] = (),
     seed: int = 0,
+    seed_limit: int | None = None,
 ) -> list[Suite]:
     """Suites from CLI-style specs.
 
     Each harmful suite (the seed split's too) is kept as it is and, for each
     ``attacks`` spec, added once more wrapped by that attack (suite
-    ``{name}+{attack}``). ``attack_prompts`` are ``FILE[:method=M]``.
+    ``{name}+{attack}``). ``attack_prompts`` are ``FILE[:method=M]``. ``seed_split`` names packaged splits,
+    comma-separated, each sampled to ``seed_limit`` prompts per label.
     """
     suites = [parse_suite_spec(s, "harmful").load(seed) for s in harmful]
     suites += [parse_suite_spec(s, "benign").load(seed) for s in benign]
-    if seed_split:
-        suites += seed_suites(seed_split)
+    for split in (seed_split or "").split(","):
+        if split.strip():
+            suites += seed_suites(split.strip(), limit=seed_limit, seed=seed)
     parsed = [parse_attack_spec(a) for a in attacks]
     suites += [apply_attacks(s, [a]) for s in list(suites) if s.kind == "harmful" for a in parsed]
     for spec in attack_prompts:

@@ -162,7 +162,10 @@ def _read_rows(path: Path) -> tuple[list[str], list[_Row]]:
     """Columns (in order of first appearance) and rows of a suite file."""
     if not path.is_file():
         raise SuiteError(f"{path}: no such file")
-    reader = _READERS.get(path.suffix.lower())
+    suffixes = [x.lower() for x in path.suffixes]
+    # a gzipped file is read as what it holds (JSON Lines are read through gzip)
+    reader = _READERS.get(suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" and suffixes[-2] in (".jsonl", ".ndjson")
+                          else path.suffix.lower())
     if reader is None:
         raise SuiteError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_READERS)}")
     rows = reader(path)
@@ -295,15 +298,20 @@ def parse_suite_spec(spec: str, kind: str) -> SuiteSpec:
     )
 
 
-def seed_suites(split: str | None = "test", path: str | Path | None = None) -> list[Suite]:
-    """``seed-harmful``, ``seed-benign`` and ``seed-borderline`` from the package's seed file.
+def seed_suites(split: str | None = "test", path: str | Path | None = None, limit: int | None = None,
+                seed: int = 0) -> list[Suite]:
+    """One suite per label of the package's instruction set (``instructions.jsonl.gz``) in ``split``:
+    ``seed-harmful``, ``seed-benign`` and ``seed-borderline`` for the test split (the seed test split),
+    ``{split}-{label}`` for the others (``val``, ``val_heldout``, ``val_style``).
 
-    Borderline prompts look risky but are benign, so that suite has kind ``benign``.
-    ``split=None`` takes every split; ``path`` replaces the packaged file.
+    Borderline prompts look risky but are benign, so that suite has kind ``benign``. ``split=None`` takes every
+    split; ``path`` replaces the packaged file; ``limit`` samples each suite (seeded).
     """
-    source = Path(path) if path is not None else Path(str(files("mogu.data") / "seed.jsonl"))
+    source = Path(path) if path is not None else Path(str(files("mogu.data") / "instructions.jsonl.gz"))
+    prefix = "seed" if split in (None, "test") else split
     suites = []
     for label, kind in SEED_LABELS.items():
         where = {"label": label} | ({"split": split} if split is not None else {})
-        suites.append(load_suite(source, kind, f"seed-{label}", column="instruction", where=where))
+        suites.append(load_suite(source, kind, f"{prefix}-{label}", column="instruction", where=where, limit=limit,
+                                 seed=seed))
     return suites
