@@ -123,7 +123,7 @@ class MoGUModel(WeightFiles, nn.Module):
         if self.layers:
             raise ValueError(f"this model already routes layers {self.config.layers}")
         targets = find_targets(self.base_model, target_module, layers)
-        self.config = self.config.model_copy(update={"target_modules": [t.name for t in targets],
+        self.config = self.config.model_copy(update={"target_modules": [t.full_name for t in targets],
                                                      "layers": [t.layer for t in targets]})
         self.layers = self._inject()
         self.reader = self._make_reader()
@@ -181,7 +181,7 @@ class MoGUModel(WeightFiles, nn.Module):
         targets = find_targets(model, target_module, layers)
         config = MoGUConfig(
             base=info,
-            target_modules=[t.name for t in targets],
+            target_modules=[t.full_name for t in targets],
             layers=[t.layer for t in targets],
             expert=expert or ExpertConfig(),
             router=router or RouterConfig(),
@@ -300,7 +300,7 @@ class MoGUModel(WeightFiles, nn.Module):
         those layers' target projections (``target_module``, default the architecture's), routed or not: what
         their routers would read."""
         modules = ({layer.layer_index: layer for layer in self.layers} if layers is None else
-                   {t.layer: self.base_model.get_submodule(t.name) for t in find_targets(self.base_model, target_module, layers)})
+                   {t.layer: self.base_model.get_submodule(t.full_name) for t in find_targets(self.base_model, target_module, layers)})
         captured: dict[int, list[torch.Tensor]] = {index: [] for index in modules}
 
         def hook(layer_index: int):

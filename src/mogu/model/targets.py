@@ -46,9 +46,10 @@ class TargetNotFoundError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    """One routed projection: its full module name and decoder-layer index."""
+    """One routed projection: its full module name (``target_module`` inside decoder layer ``layer``, as a bundle's
+    ``target_modules`` list it) and the decoder-layer index."""
 
-    name: str
+    full_name: str
     layer: int
 
 
@@ -82,16 +83,17 @@ def _search_output_projection(layer: nn.Module) -> str | None:
     return None
 
 
-def find_targets(model: nn.Module, relative_name: str | None = None, layers: list[int] | None = None) -> list[Target]:
+def find_targets(model: nn.Module, target_module: str | None = None, layers: list[int] | None = None) -> list[Target]:
     """The projections to route, one per selected decoder layer.
 
-    ``relative_name`` overrides the projection (e.g. ``"self_attn.o_proj"``);
+    ``target_module`` names the projection inside a decoder layer (e.g. ``"self_attn.o_proj"``; default: the
+    architecture's);
     ``layers`` restricts routing to those decoder-layer indices.
     """
     list_name, decoder = decoder_layers(model)
     model_type = getattr(model.config, "model_type", "")
-    relative = relative_name or KNOWN_TARGETS.get(model_type) or _search_output_projection(decoder[0])
-    if relative is None:
+    target_module = target_module or KNOWN_TARGETS.get(model_type) or _search_output_projection(decoder[0])
+    if target_module is None:
         raise TargetNotFoundError(
             f"no attention output projection found for model_type {model_type!r} "
             f"({type(model).__name__}); name it explicitly with target_module='<name inside a decoder layer>'"
@@ -102,9 +104,9 @@ def find_targets(model: nn.Module, relative_name: str | None = None, layers: lis
         if not 0 <= index < len(decoder):
             raise TargetNotFoundError(f"layer index {index} out of range: the model has {len(decoder)} decoder layers")
         try:
-            module = decoder[index].get_submodule(relative)
+            module = decoder[index].get_submodule(target_module)
             projection_features(module)
         except (AttributeError, TypeError) as err:
-            raise TargetNotFoundError(f"decoder layer {index} has no routable projection {relative!r}: {err}") from err
-        targets.append(Target(f"{list_name}.{index}.{relative}", index))
+            raise TargetNotFoundError(f"decoder layer {index} has no routable projection {target_module!r}: {err}") from err
+        targets.append(Target(f"{list_name}.{index}.{target_module}", index))
     return targets
