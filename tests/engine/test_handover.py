@@ -55,7 +55,8 @@ def test_text_handover_when_the_engine_takes_no_token_ids(tiny_mogu, engine_conf
 def test_text_handover_is_refused_when_the_text_does_not_round_trip(tiny_mogu, engine_config, fake_engine):
     fake_engine.accept_ids = False  # the random routed tokens of this tiny model do not survive as text
     with pytest.raises(EngineError, match="round trip") as caught:
-        EngineGenerator(tiny_mogu, engine_config)([PROMPTS[0]], DecodingConfig(max_new_tokens=10))
+        # an answer longer than the routed tokens, so that the engine is asked for the rest
+        EngineGenerator(tiny_mogu, engine_config)([PROMPTS[0]], DecodingConfig(max_new_tokens=tiny_mogu.config.routed_tokens + 5))
     assert caught.value.code == "handover_inexact"
 
 
