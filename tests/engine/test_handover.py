@@ -52,11 +52,16 @@ def test_text_handover_when_the_engine_takes_no_token_ids(tiny_mogu, engine_conf
     assert have.text == want.text
 
 
-def test_text_handover_is_refused_when_the_text_does_not_round_trip(tiny_mogu, engine_config, fake_engine):
-    fake_engine.accept_ids = False  # the random routed tokens of this tiny model do not survive as text
+def test_text_handover_is_refused_when_the_text_does_not_round_trip(tiny_mogu, engine_config, fake_engine, monkeypatch):
+    fake_engine.accept_ids = False
+    generator = EngineGenerator(tiny_mogu, engine_config)
+    generator([PROMPTS[0]], DecodingConfig(max_new_tokens=1))  # the start-up check, on the true tokenizer
+    decode = tiny_mogu.tokenizer.decode
+    # a text that does not tokenise back to the same ids (as some routed tokens do not), made certain here
+    monkeypatch.setattr(tiny_mogu.tokenizer, "decode", lambda ids, **kw: decode(ids, **kw) + " zq")
     with pytest.raises(EngineError, match="round trip") as caught:
         # an answer longer than the routed tokens, so that the engine is asked for the rest
-        EngineGenerator(tiny_mogu, engine_config)([PROMPTS[0]], DecodingConfig(max_new_tokens=tiny_mogu.config.routed_tokens + 5))
+        generator([PROMPTS[0]], DecodingConfig(max_new_tokens=tiny_mogu.config.routed_tokens + 5))
     assert caught.value.code == "handover_inexact"
 
 
