@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import signal
@@ -36,17 +35,9 @@ from typing import Any, Optional
 
 import httpx
 
-from bench_serve import PROMPTS, free_port  # run from benchmarks/, as the scripts import each other
+from bench_serve import PROMPTS, free_port, percentile, throughput  # run from benchmarks/, as the scripts import each other
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def percentile(values: list[float], q: float) -> Optional[float]:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1], 3)
 
 
 def wait_until_up(process: subprocess.Popen, url: str, path: str, timeout: float, log_path: Path) -> None:
@@ -158,20 +149,8 @@ async def run_level(url: str, model: str, concurrency: int, requests: int, max_t
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return {
-        "concurrency": concurrency,
-        "requests": requests,
-        "ok": len(latencies),
-        "failures": failures,
-        "seconds": round(elapsed, 2),
-        "requests_per_s": round(len(latencies) / elapsed, 3),
-        "tokens_per_s": round(tokens / elapsed, 2),
-        "completion_tokens": tokens,
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p95_s": percentile(latencies, 95),
-        "ttft_p50_s": percentile(first_tokens, 50),
-        "ttft_p95_s": percentile(first_tokens, 95),
-    }
+    return {**throughput(concurrency, requests, latencies, failures, elapsed, tokens),
+            "ttft_p50_s": percentile(first_tokens, 50), "ttft_p95_s": percentile(first_tokens, 95)}
 
 
 def measure(name: str, url: str, model: str, args: argparse.Namespace, mogu: bool) -> list[dict[str, Any]]:

@@ -47,11 +47,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100), rounded to milliseconds; None for no values."""
+    if not values:
+        return None
     ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+    return round(ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1], 3)
+
+
+def throughput(concurrency: int, requests: int, latencies: list[float], failures: int, elapsed: float,
+               tokens: int) -> dict:
+    """What one level of concurrent clients measured (``latencies`` of the requests that succeeded)."""
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "ok": len(latencies),
+        "failures": failures,
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(len(latencies) / elapsed, 3),
+        "tokens_per_s": round(tokens / elapsed, 2),
+        "completion_tokens": tokens,
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+    }
 
 
 def start_server(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.Popen, str]:
@@ -112,19 +130,8 @@ async def run_level(url: str, headers: dict[str, str], concurrency: int, request
         after = (await http.get("/health")).json().get("stats", {})
     batches = after.get("batches", 0) - before.get("batches", 0)
     jobs = after.get("batched_jobs", 0) - before.get("batched_jobs", 0)
-    return {
-        "concurrency": concurrency,
-        "requests": requests,
-        "ok": len(latencies),
-        "failures": failures,
-        "seconds": round(elapsed, 3),
-        "requests_per_s": round(len(latencies) / elapsed, 3),
-        "tokens_per_s": round(tokens / elapsed, 2),
-        "completion_tokens": tokens,
-        "latency_p50_s": round(percentile(latencies, 50), 3) if latencies else None,
-        "latency_p95_s": round(percentile(latencies, 95), 3) if latencies else None,
-        "mean_batch": round(jobs / batches, 2) if batches else None,
-    }
+    return {**throughput(concurrency, requests, latencies, failures, elapsed, tokens),
+            "mean_batch": round(jobs / batches, 2) if batches else None}
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -533,7 +533,8 @@ def test_calibrate_moves_a_bundle_to_the_operating_point(llama_dir, instructions
     assert record["validation"]["30.0"]["benign_refusal"] == 0.0  # every router sends everything to the glad expert
     chosen = record["shift"]
     assert record["validation"][str(chosen)]["benign_refusal"] == record["benign_refusal"] == 0.0
-    assert all(record["validation"][str(s)]["benign_refusal"] > 0 for s in (0.0, 1.0) if s < chosen)
+    meeting = [float(s) for s, row in record["validation"].items() if row["benign_refusal"] <= 0.0]
+    assert chosen == min(meeting)  # the smallest shift that meets the target
     out = tmp_path / "calibrated"
     saved = json.loads((out / "calibration.json").read_text())
     assert saved["shift"] == chosen and saved["before"] is not None and not (out / "evaluation.json").exists()
@@ -559,3 +560,16 @@ def test_a_run_reads_stable_draws_and_logs_what_it_leaves_out(instructions, capl
     larger = records_used(records, config.model_copy(update={"train_per_label": 3}))
     assert {r.id for r in train_rows} < {r.id for r in larger if r.split == "train"}  # a smaller draw is part of a larger
     assert records_used(records, TrainConfig(data=instructions)) == records  # by default every record is read
+
+
+def test_a_stable_draw_counts_instructions_and_keeps_their_framed_copies(instructions):
+    from mogu.train.augment import framed_copies
+    from mogu.train.config import FramingConfig
+    from mogu.train.data import source_id, stable_draw
+
+    records = framed_copies(load_records(instructions), FramingConfig(val_fraction=1.0))
+    drawn = stable_draw(records, ["val"], per_label=1)
+    plain = [r for r in drawn if source_id(r) == r.id]
+    assert sorted(r.label for r in plain) == ["benign", "harmful"]  # one instruction of each label
+    assert {source_id(r) for r in drawn} == {r.id for r in plain} and len(drawn) == 4  # and the copy of each
+    assert stable_draw(load_records(instructions), ["val"], per_label=1) == plain  # the same draw without copies

@@ -2,7 +2,7 @@
 
 Every object here is a pydantic model so that a bad value is reported with the
 name of the field that holds it, and so that a resolved config can be written
-next to every output (`dump_resolved`) and read back unchanged.
+next to every output (``mogu.io.provenance.resolved_dict``) and read back unchanged.
 """
 
 from __future__ import annotations

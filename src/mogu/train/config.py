@@ -23,6 +23,10 @@ else:  # tomllib joined the standard library in 3.11; tomli is the same parser
     import tomli as tomllib
 
 
+#: The splits that can select layers, checkpoints and the calibration (docs/data.md).
+ValidationSplit = Literal["val", "val_heldout", "val_style"]
+
+
 class SynthesisConfig(StrictModel):
     """How responses are made for instructions that come without them."""
 
@@ -86,8 +90,8 @@ class RouterStageConfig(StageConfig):
     )
     alpha: float = Field(2.0, ge=0, description="weight of the gate loss against the mixed model's CE")
     probe_init: bool = Field(
-        True, description="warm-start each router (and fit the first decision's reader) from a linear probe on "
-        "its inputs at the last prompt token of the training split"
+        True, description="warm-start each router from a linear probe on its inputs at the last prompt token of the "
+        "training split (the first decision's reader is fitted so either way)"
     )
     probe_l2: float = Field(1e-3, ge=0, description="L2 strength of the probes (mogu.model.probe.fit_logistic: l2/2 * |w|^2)")
     probe_steps: int = Field(100, ge=1, description="L-BFGS iterations per layer")
@@ -147,7 +151,7 @@ class TrainConfig(StrictModel):
         None, ge=1, description="read at most this many training instructions of each label (a stable draw; the "
         "count is logged); None: all. Responses are made only for the instructions read"
     )
-    validation: list[Literal["val", "val_heldout", "val_style"]] = Field(
+    validation: list[ValidationSplit] = Field(
         ["val"], min_length=1, description="the splits that choose the routed layers, the checkpoints and the "
         "calibration: 'val' a random slice of the training pool, 'val_heldout' whole categories and task types never "
         "trained on, 'val_style' instructions written in another style"

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import get_args
 
 from tqdm import tqdm
 
@@ -39,12 +40,13 @@ from mogu.model.config import DecodingConfig
 from mogu.judging.keyword import RefusalJudge
 from mogu.io.jsonl import JsonlError, append_jsonl, done_ids, field, read_jsonl
 from mogu.model import MoGUModel
+from mogu.train.config import ValidationSplit
 
 log = logging.getLogger(__name__)
 
 LABELS = ("harmful", "benign", "borderline")
-SPLITS = ("train", "val", "val_heldout", "val_style", "test")
-VALIDATION_SPLITS = ("val", "val_heldout", "val_style")
+VALIDATION_SPLITS: tuple[str, ...] = get_args(ValidationSplit)
+SPLITS = ("train", *VALIDATION_SPLITS, "test")
 
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
@@ -145,18 +147,23 @@ def check_training_splits(records: list[Record], path: Path | None, validation: 
                                  "(they select checkpoints)")
 
 
+def source_id(record: Record) -> str:
+    """The id of the instruction a record was made from: its own, or a framed copy's source (``"{id}~{framing}"``)."""
+    return record.id.split("~", 1)[0]
+
+
 def stable_draw(records: list[Record], splits: Iterable[str], per_label: int | None, salt: str = "~val") -> list[Record]:
-    """The records of ``splits``, at most ``per_label`` of each label in each split: a stable draw by id, so
-    that every stage and every run reads the same ones (a smaller draw is part of a larger one), in their given
-    order."""
+    """The records of ``splits``, at most ``per_label`` instructions of each label in each split, with their framed
+    copies: a stable draw by id, so that every stage and every run reads the same ones (a smaller draw is part of a
+    larger one), in their given order."""
     chosen = [r for r in records if r.split in set(splits)]
     if per_label is None:
         return chosen
-    groups: dict[tuple[str, str], list[Record]] = {}
+    groups: dict[tuple[str, str], set[str]] = {}
     for record in chosen:
-        groups.setdefault((record.split, record.label), []).append(record)
-    keep = {id(r) for group in groups.values() for r in sorted(group, key=lambda r: stable_fraction(r.id + salt))[:per_label]}
-    return [r for r in chosen if id(r) in keep]
+        groups.setdefault((record.split, record.label), set()).add(source_id(record))
+    keep = {key for ids in groups.values() for key in sorted(ids, key=lambda i: stable_fraction(i + salt))[:per_label]}
+    return [r for r in chosen if source_id(r) in keep]
 
 
 def validation_records(records: list[Record], splits: Iterable[str], per_label: int | None) -> list[Record]:

@@ -35,6 +35,7 @@ from mogu.train.data import (
     build_dataset,
     check_training_splits,
     load_records,
+    source_id,
     stable_draw,
     summarise,
     validation_records,
@@ -116,15 +117,25 @@ def refusal_rates(model: MoGUModel, records: list[Record], max_new_tokens: int) 
     return rates
 
 
+def evaluation_records(records: list[Record], config: TrainConfig) -> dict[str, list[Record]]:
+    """What the finished bundle is evaluated on, by split: the test split and, side by side, at most
+    ``config.eval_validation_per_label`` instructions of each label from each validation split present (framed
+    copies left out): in distribution ('val'), categories never trained on ('val_heldout'), another writing
+    style ('val_style')."""
+    plain = [r for r in records if source_id(r) == r.id]
+    splits = {"test": [r for r in plain if r.split == "test"]}
+    for split in VALIDATION_SPLITS:
+        splits[split] = stable_draw(plain, [split], config.eval_validation_per_label)
+    return {split: chosen for split, chosen in splits.items() if chosen}
+
+
 def records_used(records: list[Record], config: TrainConfig) -> list[Record]:
     """The records this run reads, in their given order: at most ``train_per_label`` training instructions of each
     label, the validation draws that selection and the evaluation read, and the test split. Responses are made
     for these only; what is left out is logged, never dropped silently."""
     kept = {id(r) for r in stable_draw(records, ["train"], config.train_per_label, salt="~train")}
     kept |= {id(r) for r in validation_records(records, config.validation, config.validation_per_label)}
-    for split in VALIDATION_SPLITS:
-        kept |= {id(r) for r in validation_records(records, [split], config.eval_validation_per_label)}
-    kept |= {id(r) for r in records if r.split == "test"}
+    kept |= {id(r) for chosen in evaluation_records(records, config).values() for r in chosen}
     used = [r for r in records if id(r) in kept]
     if len(used) < len(records):
         log.info("reading %d of %d instructions (train_per_label %s, validation_per_label %s, "
@@ -134,18 +145,10 @@ def records_used(records: list[Record], config: TrainConfig) -> list[Record]:
 
 
 def evaluate_splits(model: MoGUModel, records: list[Record], config: TrainConfig) -> dict:
-    """The finished bundle against the base model on the test split and, side by side, on each validation split
-    present (at most ``config.eval_validation_per_label`` instructions of each label, without framed copies):
-    in distribution ('val'), categories never trained on ('val_heldout') and another writing style ('val_style')."""
-    plain = [r for r in records if "~" not in r.id]
-    splits = {"test": [r for r in plain if r.split == "test"]}
-    for split in VALIDATION_SPLITS:
-        chosen = validation_records(plain, [split], config.eval_validation_per_label)
-        if chosen:
-            splits[split] = chosen
+    """Base model against MoGU on ``evaluation_records``, and which splits selection read."""
     return {"judge": "keyword", "max_new_tokens": config.eval_max_new_tokens, "selected_on": config.validation,
-            "splits": {name: {"refusal_rate": refusal_rates(model, chosen, config.eval_max_new_tokens)}
-                       for name, chosen in splits.items() if chosen}}
+            "splits": {split: {"refusal_rate": refusal_rates(model, chosen, config.eval_max_new_tokens)}
+                       for split, chosen in evaluation_records(records, config).items()}}
 
 
 # What each stage needs trained first (``train(..., stage=...)``): the experts are independent.

@@ -105,15 +105,12 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     return Stage(name, stage_cfg, items, loss, validate)
 
 
-def router_gate_loss(
-    gates: torch.Tensor, benign: list[bool], positions: torch.Tensor, kind: str, weights: torch.Tensor | None = None
-) -> torch.Tensor:
+def router_gate_loss(gates: torch.Tensor, benign: list[bool], positions: torch.Tensor, kind: str) -> torch.Tensor:
     """MoGU's gate loss: err(w_unwill, t_unwill) + err(w_glad, t_glad), each averaged over layers and the
     masked positions; targets (0, 1) for benign, (1, 0) for harmful.
 
     ``gates`` is (batch, layers, seq, 2), ``positions`` (batch, seq) bool. ``kind`` "mse" is the paper's
-    squared error, "bce" the binary cross-entropy (see ``RouterStageConfig.gate_loss``). ``weights``
-    (batch,) weighs each example's positions in the average (default: all alike).
+    squared error, "bce" the binary cross-entropy (see ``RouterStageConfig.gate_loss``).
     """
     targets = torch.tensor([[0.0, 1.0] if b else [1.0, 0.0] for b in benign], device=gates.device)
     targets = targets[:, None, None, :].expand_as(gates)
@@ -123,8 +120,7 @@ def router_gate_loss(
         err = -(targets * p.log() + (1 - targets) * (1 - p).log())
     else:
         err = (gates - targets) ** 2
-    weight = positions.float() if weights is None else positions.float() * weights.to(gates.device)[:, None]
-    weight = weight[:, None, :, None].expand_as(err)
+    weight = positions.float()[:, None, :, None].expand_as(err)
     return ((err * weight).sum(dim=(0, 1, 2)) / weight.sum(dim=(0, 1, 2)).clamp(min=1e-12)).sum()
 
 
@@ -178,12 +174,10 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
         gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
         model.state.gates.clear()
         positions = gate_mask(batch["labels"], batch["attention_mask"], config.router.prompt)
-        benign = [b for _, b in batch_items]
-        weights = torch.full((len(benign),), 1 / len(benign), device=ce.device)  # each example alike
-        gate_loss = router_gate_loss(gates, benign, positions, stage_cfg.gate_loss, weights)
-        weighted_ce = (weights * ce).sum()
-        total = weighted_ce + stage_cfg.alpha * gate_loss
-        return total, {"loss": total.item(), "ce": weighted_ce.item(), "gate_loss": gate_loss.item()}, int(batch["attention_mask"].sum())
+        gate_loss = router_gate_loss(gates, [b for _, b in batch_items], positions, stage_cfg.gate_loss)
+        mean_ce = ce.mean()
+        total = mean_ce + stage_cfg.alpha * gate_loss
+        return total, {"loss": total.item(), "ce": mean_ce.item(), "gate_loss": gate_loss.item()}, int(batch["attention_mask"].sum())
 
     def validate() -> tuple[tuple[float, ...] | None, dict]:
         metrics = routed_validation(model, val, decoding)
