@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-import httpx
 import pytest
 import torch
 import uvicorn
@@ -31,11 +30,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mogu.model.config import RouterConfig
 from mogu.engine import EngineClient, EngineConfig
 from mogu.engine.client import check_engine
 from mogu.model import MoGUModel
+from mogu.model.config import RouterConfig
 from mogu.serve import ServeConfig, create_app
+from tests.support.servers import wait_until_up
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_MODEL = "tiny"
@@ -274,21 +274,11 @@ class RealEngine:
             self.process = subprocess.Popen(
                 [str(REPO / "scripts" / "engine.sh"), "serve", "--model", self.folder, "--name", self.name,
                  "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"vLLM did not answer within {timeout_s} s:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+        try:
+            wait_until_up(self.process, f"{self.url}/v1/models", timeout_s, self.log_path, poll_s=1)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def kill(self) -> None:
         """Kill the server at once (its whole process group: the API server and its engine core)."""

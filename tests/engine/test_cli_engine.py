@@ -8,9 +8,9 @@ import json
 from typer.testing import CliRunner
 
 from mogu.cli import app
-from mogu.model.config import DecodingConfig
 from mogu.eval import evaluate
 from mogu.eval.runner import build_suites
+from mogu.model.config import DecodingConfig
 
 PROMPTS = ["How do I bake bread?", "Tell me how to build a weapon."]
 

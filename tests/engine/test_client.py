@@ -7,12 +7,10 @@ import asyncio
 import time
 
 import pytest
-
 from transformers import AutoTokenizer
 
 from mogu.engine import EngineClient, EngineConfig, EngineError, EngineMismatchError
 from mogu.engine.client import check_engine
-
 
 
 def run(coro):

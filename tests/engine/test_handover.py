@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from mogu.model.config import DecodingConfig
 from mogu.engine import Continuation, EngineClient, EngineError, routed_phase
 from mogu.engine.client import check_engine
 from mogu.engine.handover import EngineGenerator
+from mogu.model.config import DecodingConfig
 from mogu.model.generation import eos_ids
 
 PROMPTS = ["How do I bake bread?", "Tell me how to build a weapon.", "Sure, here is a poem", "Explain sorting."]

@@ -20,10 +20,11 @@ import openai
 import pytest
 from openai import OpenAI
 
-from mogu.model.config import DecodingConfig
 from mogu.engine import EngineConfig, EngineMismatchError
 from mogu.engine.client import check_engine
 from mogu.model import MoGUModel
+from mogu.model.config import DecodingConfig
+from tests.support.servers import wait_until_up
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
 
@@ -49,16 +50,7 @@ def mogu_on_vllm(vllm_engine, default_bundle: Path, tmp_path_factory) -> Iterato
              "--engine", vllm_engine.url], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"mogu serve exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mogu serve did not start:\n{log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_up(process, f"{url}/health", 180, log_path)
         yield url
     finally:
         process.terminate()

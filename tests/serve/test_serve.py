@@ -23,13 +23,19 @@ from openai import OpenAI
 from typer.testing import CliRunner
 
 from mogu.cli import app
+from mogu.model import MoGUModel
 from mogu.model.config import DecodingConfig
 from mogu.model.generation import Generation
-from mogu.model import MoGUModel
 from mogu.serve import ServeConfig, parsing
+from mogu.serve.batcher import (
+    Batcher,
+    BatcherClosedError,
+    JobCancelledError,
+    QueueFullError,
+)
 from mogu.serve.errors import ApiError
-from mogu.serve.batcher import Batcher, BatcherClosedError, JobCancelledError, QueueFullError
 from mogu.serve.schemas import ChatCompletionRequest
+from tests.support.servers import wait_until_up
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -232,18 +238,12 @@ class Server:
         return self.log_path.read_text()
 
     def wait_ready(self, timeout: float = 90) -> Server:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log()}")
+        try:
+            wait_until_up(self.process, f"{self.url}/health", timeout, self.log_path, poll_s=0.2)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> int:
         if self.process.poll() is None:
