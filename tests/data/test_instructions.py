@@ -1,6 +1,6 @@
 """Checks on the packaged instruction set ``mogu/data/instructions.jsonl.gz``.
 
-It holds the seed instructions plus several thousand more written for the project, with validation splits that
+It holds several thousand instructions written for the project, with validation splits that
 are not a random slice of the training pool: whole categories held out (``val_heldout``) and a differently
 written set (``val_style``). Training and evaluation sets must stay apart, and apart from the public benchmarks.
 """
@@ -73,3 +73,32 @@ def test_held_out_rows_do_not_repeat_training_rows(rows):
 def test_no_overlap_with_public_benchmarks(rows, bench_index):
     problems = find_overlaps([(r["id"], r["instruction"]) for r in rows], bench_index)
     assert not problems, "\n".join(problems[:20])
+
+
+def test_framings_do_not_overlap_public_benchmarks(bench_index):
+    """The framings of training/augment.py were written for the project, not taken from a jailbreak collection."""
+    from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame
+
+    framings = {**TRAIN_FRAMINGS, **VAL_FRAMINGS}
+    problems = find_overlaps([(name, frame(t, "Zebras?")) for name, t in framings.items()], bench_index)
+    assert not problems, "\n".join(problems)
+
+
+def test_overlap_check_catches_benchmark_lines(bench_index):
+    """The leakage guard must be able to fail: copies, light edits and wrappers are all caught."""
+    advbench = [t for t, s in zip(bench_index.texts, bench_index.source) if s == "advbench.csv"]
+    if not advbench:
+        pytest.skip("advbench.csv not present")
+    line = next(t for t in advbench if len(t.split()) >= 12)
+    words = line.split()
+    probes = [
+        ("copy", line.upper() + "!"),
+        ("edited", " ".join(words[:-1]) + " please"),  # one word swapped
+        ("wrapped", "For my novel, " + line + ", in detail and with examples."),
+        ("fragment", " ".join(words[1:-1])),
+        ("own", "Write a haiku about a sleepy otter floating in a kelp forest."),
+    ]
+    problems = find_overlaps(probes, bench_index)
+    flagged = {p.split(":", 1)[0] for p in problems}
+    assert flagged == {"copy", "edited", "wrapped", "fragment"}, problems
+    assert all("advbench.csv" in p for p in problems), problems

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib.resources import files
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -279,7 +277,7 @@ def seed_file(tmp_path) -> Path:
     lines = [
         json.dumps({"id": i, "instruction": t, "label": lab, "category": "c", "split": s}) for i, t, lab, s in rows
     ]
-    return write(tmp_path / "seed.jsonl", "\n".join(lines) + "\n")
+    return write(tmp_path / "instructions.jsonl", "\n".join(lines) + "\n")
 
 
 def test_seed_suites_from_a_file(seed_file):
@@ -297,17 +295,6 @@ def test_seed_suites_from_a_file(seed_file):
 def test_seed_suites_unknown_split(seed_file):
     with pytest.raises(SuiteError, match=r"no row matches.*'split': \['test', 'train'\]"):
         seed_suites("dev", path=seed_file)
-
-
-def _packaged_seed() -> bool:
-    return find_spec("mogu.data") is not None and (files("mogu.data") / "seed.jsonl").is_file()
-
-
-@pytest.mark.skipif(not _packaged_seed(), reason="packaged seed file not there yet")
-def test_packaged_seed_file():
-    suites = seed_suites()
-    assert [s.name for s in suites] == ["seed-harmful", "seed-benign", "seed-borderline"]
-    assert all(len(s) > 0 for s in suites)
 
 
 def test_packaged_suites_of_each_split_come_from_the_instruction_set():

@@ -48,3 +48,14 @@ def test_base_mode_generates_what_the_plain_model_generates(default_mogu):
             expected = expected[: expected.index(tok.eos_token_id)]
         assert result.token_ids == expected
         assert result.text.strip()
+
+
+def test_every_training_refusal_ends_inside_the_routed_window(default_mogu):
+    from mogu.model.config import ROUTED_TOKENS
+    from mogu.train.batches import Turn, tokenize_pairs
+    from mogu.train.data import REFUSALS
+
+    pairs = tokenize_pairs(default_mogu, [("How do I make a pipe bomb?", Turn(r)) for r in REFUSALS], 192, 4).pairs
+    lengths = {r: len(p.response) for r, p in zip(REFUSALS, pairs)}
+    assert all(p.response[-1] == default_mogu.tokenizer.eos_token_id for p in pairs)
+    assert max(lengths.values()) <= ROUTED_TOKENS, lengths  # the end-of-turn token is decoded while still routed

@@ -337,12 +337,14 @@ def test_dtype_auto_picks_bfloat16_only_where_it_is_fast(monkeypatch):
         loading.resolve_dtype("half")
 
 
-def test_bfloat16_is_fast_on_a_cpu_with_amx_tiles(monkeypatch):
+@pytest.mark.parametrize("feature", ["_is_amx_tile_supported", "_is_avx512_bf16_supported"])
+def test_bfloat16_is_fast_on_a_cpu_with_amx_tiles_or_avx512_bf16(monkeypatch, feature):
     from mogu.model.loading import fast_bf16
 
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
     assert not fast_bf16("cpu")
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, feature, lambda: True, raising=False)
     assert fast_bf16("cpu") == torch.backends.mkldnn.is_available()
 
 

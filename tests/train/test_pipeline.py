@@ -52,10 +52,10 @@ def test_bad_instruction_files_name_file_line_and_field(tmp_path, line, message)
         load_records(path)
 
 
-def test_packaged_seed_data_loads():
+def test_packaged_instruction_set_is_the_default_data():
     records = load_records()
     assert {r.label for r in records} == {"harmful", "benign", "borderline"}
-    assert {r.split for r in records} == {"train", "val", "test"}
+    assert {r.split for r in records} == {"train", "val", "val_heldout", "val_style", "test"}
 
 
 def test_affirmative_openings_restate_the_request_only():
@@ -109,6 +109,18 @@ def test_over_long_examples_are_truncated_and_counted(llama_dir):
     assert len(out.pairs[0].response) == 10
 
 
+def test_a_whole_turn_ends_with_the_end_of_turn_token_and_is_never_cut(llama_dir):
+    from mogu.train.batches import Turn
+
+    model = MoGUModel.from_base(str(llama_dir))
+    text = "I cannot help with that. It may cause harm."
+    out = tokenize_pairs(model, [("Hi", Turn(text)), ("Hi", text)], max_length=64, max_response_tokens=3)
+    words = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(words) > 3
+    assert out.pairs[0].response == [*words, model.tokenizer.eos_token_id] and out.truncated == 1
+    assert out.pairs[1].response == words[:3]  # an opening is cut
+
+
 def test_config_file_errors_name_the_field(tmp_path):
     path = tmp_path / "train.json"
     path.write_text(json.dumps({"router_stage": {"alpha": -1}}))
@@ -160,9 +172,10 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     validated = {(e["stage"], e["step"]) for e in log if "validation" in e}
     assert not any(step == 0 for _, step in validated) and ("unwill", 2) in validated  # starting points are never validated
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert set(evaluation["splits"]) == {"test", "val"} and evaluation["selected_on"] == ["val"]
-    assert set(evaluation["splits"]["val"]["refusal_rate"]) == {"harmful", "benign"}  # no framed copies
-    assert all(row["n"] == 2 for row in evaluation["splits"]["val"]["refusal_rate"].values())
+    assert set(evaluation["splits"]) == {"test", "val_heldout", "val_style"}
+    assert evaluation["selected_on"] == ["val_heldout", "val_style"]
+    assert set(evaluation["splits"]["val_heldout"]["refusal_rate"]) == {"harmful", "benign"}  # no framed copies
+    assert all(row["n"] == 1 for row in evaluation["splits"]["val_style"]["refusal_rate"].values())
     test_rates = evaluation["splits"]["test"]["refusal_rate"]
     assert set(test_rates) == {"harmful", "borderline"}
     for row in test_rates.values():
@@ -173,7 +186,7 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     calibration = json.loads((out / "calibration.json").read_text())
     assert set(calibration["validation"]) == {str(s) for s in [0.0, *saved_config.calibration.shifts]}
     records = framed_copies(load_records(out / "data.jsonl"), saved_config.framing)
-    val = [r for r in records if r.split == "val"]
+    val = [r for r in records if r.split in saved_config.validation]
     assert any("~" in r.id for r in val)  # the framed validation copies are part of what calibration measured
     behaviour = routed_validation(MoGUModel.from_pretrained(out), val, router_decoding(saved_config))
     assert behaviour == pytest.approx(calibration["validation"][str(calibration["shift"])])
@@ -195,7 +208,7 @@ def test_pipeline_in_bfloat16_trains_float32_experts_and_routers(llama_dir, inst
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     measured = next(e["validation"] for e in log if e.get("stage") == "router" and e.get("step") == selection["selected_step"]
                     and "validation" in e)
-    val = [r for r in framed_copies(load_records(out / "data.jsonl"), config.framing) if r.split == "val"]
+    val = [r for r in framed_copies(load_records(out / "data.jsonl"), config.framing) if r.split in config.validation]
     assert routed_validation(model, val, router_decoding(config)) == pytest.approx(measured)
 
 
@@ -228,8 +241,8 @@ def test_output_folder_with_other_content_is_refused(llama_dir, instructions, tm
 
 def test_training_data_without_a_validation_split_is_refused(llama_dir, instructions, tmp_path):
     rows = [json.loads(line) for line in instructions.read_text().splitlines()]
-    data = write_jsonl(tmp_path / "no-val.jsonl", [{**r, "split": "train"} if r["label"] == "harmful" else r for r in rows])
-    with pytest.raises(JsonlError, match=r"no-val.jsonl: no harmful instructions with split val;"):
+    data = write_jsonl(tmp_path / "no-val.jsonl", [{**r, "split": "train"} if r["label"] == "harmful" and r["split"] != "test" else r for r in rows])
+    with pytest.raises(JsonlError, match=r"no-val.jsonl: no harmful instructions with split val_heldout or val_style;"):
         train(tiny_config(llama_dir, data), tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
@@ -497,7 +510,7 @@ def test_train_command_runs_stage_by_stage_to_the_same_bundle(llama_dir, instruc
     assert "stage router done" in run("--stage", "router")  # trains the glad expert it still needs, then the router
     assert (work / "glad" / "selection.json").is_file() and (work / "calibration.json").is_file() and not out.exists()
     finished = run()  # finishes: evaluation and the bundle
-    assert "test split (test)" in finished and "validation, in distribution (val)" in finished
+    assert "test split (test)" in finished and "validation, categories never trained on (val_heldout)" in finished
     assert re.search(r"harmful +1 +\d+\.\d% \[\d+-\d+\] +\d+\.\d% \[\d+-\d+\]", finished), finished
     assert not work.exists()
     for name in ("router.safetensors", "glad/adapter_model.safetensors", "unwill/adapter_model.safetensors"):
@@ -554,9 +567,10 @@ def test_a_run_reads_stable_draws_and_logs_what_it_leaves_out(instructions, capl
         used = records_used(records, config)
     train_rows = [r for r in used if r.split == "train"]
     assert sorted(r.label for r in train_rows) == ["benign", "benign", "harmful", "harmful"]
-    assert sorted(r.label for r in used if r.split == "val") == ["benign", "harmful"]
+    for split in ("val_heldout", "val_style"):
+        assert sorted(r.label for r in used if r.split == split) == ["benign", "harmful"]
     assert [r for r in used if r.split == "test"] == [r for r in records if r.split == "test"]
-    assert "reading 8 of 22 instructions" in caplog.text
+    assert "reading 10 of 22 instructions" in caplog.text
     larger = records_used(records, config.model_copy(update={"train_per_label": 3}))
     assert {r.id for r in train_rows} < {r.id for r in larger if r.split == "train"}  # a smaller draw is part of a larger
     assert records_used(records, TrainConfig(data=instructions)) == records  # by default every record is read
@@ -568,8 +582,8 @@ def test_a_stable_draw_counts_instructions_and_keeps_their_framed_copies(instruc
     from mogu.train.data import source_id, stable_draw
 
     records = framed_copies(load_records(instructions), FramingConfig(val_fraction=1.0))
-    drawn = stable_draw(records, ["val"], per_label=1)
+    drawn = stable_draw(records, ["val_heldout"], per_label=1)
     plain = [r for r in drawn if source_id(r) == r.id]
     assert sorted(r.label for r in plain) == ["benign", "harmful"]  # one instruction of each label
     assert {source_id(r) for r in drawn} == {r.id for r in plain} and len(drawn) == 4  # and the copy of each
-    assert stable_draw(load_records(instructions), ["val"], per_label=1) == plain  # the same draw without copies
+    assert stable_draw(load_records(instructions), ["val_heldout"], per_label=1) == plain  # the same draw without copies

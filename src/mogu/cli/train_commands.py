@@ -19,7 +19,7 @@ app.add_typer(data_app, name="data")
 def data_build(
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL with compliant and refusal responses (resumable)")],
     base: Annotated[str, typer.Option(help="base model whose own answers become the compliant responses")] = "default",
-    data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged seed data)")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged instruction set)")] = None,
     max_response_tokens: Annotated[int, typer.Option(min=4)] = SynthesisConfig.model_fields["max_response_tokens"].default,
     dtype: Dtype = "auto",
 ) -> None:
@@ -43,7 +43,7 @@ def train(
     preset: Preset = "default",
     config: Annotated[Optional[Path], typer.Option(help="training config, JSON or TOML, merged over the preset "
                                                         "(docs/configuration.md)")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged seed data)")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="instructions JSONL (default: the packaged instruction set)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace what the output folder holds")] = False,
     max_benign_refusal: Annotated[Optional[float], typer.Option(
         min=0, max=1, help="operating point: calibrate to the smallest router shift whose benign refusal on "

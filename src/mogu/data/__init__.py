@@ -1,1 +1,1 @@
-"""Data files shipped with MoGU (the hand-written seed instructions in ``seed.jsonl``)."""
+"""Data shipped with MoGU: the instruction set written for the project, ``instructions.jsonl.gz`` (README.md)."""

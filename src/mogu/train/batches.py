@@ -1,8 +1,11 @@
 """Tokenising (prompt, response) pairs with the model's chat template and batching them.
 
-Loss is on response tokens only. Over-long examples are truncated, never
-dropped: the response to ``max_response_tokens``, then the instruction (from
-its end) until the formatted prompt fits ``max_length``. ``Tokenized.truncated``
+Loss is on response tokens only. A response is an answer's opening (a plain
+string, cut to ``max_response_tokens``) or a whole turn (``Turn``: it ends with
+the tokenizer's end-of-turn token and is never cut, so that a model trained on
+it says its refusal once and stops). Over-long examples are truncated, never
+dropped: the opening to ``max_response_tokens``, then the instruction (from its
+end) until the formatted prompt fits ``max_length``. ``Tokenized.truncated``
 counts them so the caller can log it.
 """
 
@@ -11,12 +14,19 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from functools import cache
+from typing import NamedTuple
 
 import torch
 import transformers.modeling_utils
 
 from mogu.model import MoGUModel, format_chat
 from mogu.model.positions import IGNORE, decision_mask
+
+
+class Turn(NamedTuple):
+    """A response that is the whole answer: trained with the end-of-turn token after it."""
+
+    text: str
 
 
 @dataclass
@@ -32,15 +42,19 @@ class Tokenized:
 
 
 def tokenize_pairs(
-    model: MoGUModel, items: list[tuple[str, str]], max_length: int, max_response_tokens: int
+    model: MoGUModel, items: list[tuple[str, str | Turn]], max_length: int, max_response_tokens: int
 ) -> Tokenized:
     """Tokenise (instruction, response) items; the result keeps their order."""
     tok = model.tokenizer
     out = Tokenized()
     for instruction, response in items:
-        response_ids = tok(response, add_special_tokens=False)["input_ids"]
-        cut = len(response_ids) > max_response_tokens
-        response_ids = response_ids[:max_response_tokens]
+        cut = False
+        if isinstance(response, Turn):
+            response_ids = tok(response.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        else:
+            response_ids = tok(response, add_special_tokens=False)["input_ids"]
+            cut = len(response_ids) > max_response_tokens
+            response_ids = response_ids[:max_response_tokens]
         prompt_ids = tok(format_chat(tok, instruction, model.config.chat_template), add_special_tokens=False)["input_ids"]
         overflow = len(prompt_ids) + len(response_ids) - max_length
         if overflow > 0:

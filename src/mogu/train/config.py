@@ -145,19 +145,20 @@ class TrainConfig(StrictModel):
         "supports it, or a CPU with AMX tiles), else float32. Experts and routers train in float32 either way"
     )
     data: Path | None = Field(
-        None, description="instructions JSONL, optionally gzipped (docs/data.md); None: the packaged seed data"
+        None, description="instructions JSONL, optionally gzipped (docs/data.md); None: the packaged instruction set "
+        "(mogu/data/instructions.jsonl.gz)"
     )
     train_per_label: int | None = Field(
-        None, ge=1, description="read at most this many training instructions of each label (a stable draw; the "
+        150, ge=1, description="read at most this many training instructions of each label (a stable draw; the "
         "count is logged); None: all. Responses are made only for the instructions read"
     )
     validation: list[ValidationSplit] = Field(
-        ["val"], min_length=1, description="the splits that choose the routed layers, the checkpoints and the "
+        ["val_heldout", "val_style"], min_length=1, description="the splits that choose the routed layers, the checkpoints and the "
         "calibration: 'val' a random slice of the training pool, 'val_heldout' whole categories and task types never "
         "trained on, 'val_style' instructions written in another style"
     )
     validation_per_label: int | None = Field(
-        None, ge=1, description="at most this many instructions of each label from each validation split (a stable "
+        25, ge=1, description="at most this many instructions of each label from each validation split (a stable "
         "draw); None: all"
     )
     target_module: str | None = Field(
@@ -185,7 +186,7 @@ class TrainConfig(StrictModel):
     router_stage: RouterStageConfig = RouterStageConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     eval_validation_per_label: int | None = Field(
-        20, ge=1, description="instructions of each label from each validation split that the finished bundle's "
+        10, ge=1, description="instructions of each label from each validation split that the finished bundle's "
         "evaluation answers beside the test split (a stable draw); None: all"
     )
     eval_max_new_tokens: int = Field(

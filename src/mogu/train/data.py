@@ -18,8 +18,8 @@ Schema of a record (JSON Lines, one object per line; documented in docs/data.md)
 borderline instructions are the base model's own greedy openings (so the glad
 side keeps the model's style); compliant answers to harmful instructions are
 an affirmative opening derived from the instruction and nothing more (no
-harmful content is ever generated or stored); refusals are varied, natural
-openings chosen deterministically per id.
+harmful content is ever generated or stored); refusals are varied, natural,
+short whole answers chosen deterministically per id.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from mogu.model.config import DecodingConfig
 from mogu.judging.keyword import RefusalJudge
 from mogu.io.jsonl import JsonlError, append_jsonl, done_ids, field, read_jsonl
 from mogu.model import MoGUModel
+from mogu.train.batches import Turn
 from mogu.train.config import ValidationSplit
 
 log = logging.getLogger(__name__)
@@ -48,19 +49,21 @@ LABELS = ("harmful", "benign", "borderline")
 VALIDATION_SPLITS: tuple[str, ...] = get_args(ValidationSplit)
 SPLITS = ("train", *VALIDATION_SPLITS, "test")
 
+#: Whole refusals: each says so once and is trained with the end-of-turn token after it (``refusal_turn``), in
+#: at most 11 tokens of the default model, so that it ends inside the routed window (``ROUTED_TOKENS``).
 REFUSALS = (
-    "I'm sorry, but I can't help with that.",
+    "Sorry, but I can't help with that.",
     "I can't assist with that request.",
-    "I'm not able to help with this, as it could cause real harm.",
+    "I cannot help with that. It may cause harm.",
     "Sorry, I can't provide that.",
-    "I won't help with that. It could put people at risk.",
-    "I'm sorry, but I cannot help with this request.",
-    "I can't do that. Is there something else I can help you with?",
-    "I must decline this request because it could be used to hurt someone.",
+    "That could hurt people, so I won't help.",
+    "I'm sorry, but I cannot help with this.",
+    "I cannot do that. Is there anything else?",
+    "I must decline, as this could hurt someone.",
     "I'm afraid I can't help with that.",
-    "I cannot provide assistance with this, as it may be harmful or illegal.",
-    "Sorry, but I won't be able to help with that request.",
-    "I can't help with this one. If you have another question, I'm happy to help.",
+    "I'm unable to help with this request.",
+    "Sorry, but I won't help with that request.",
+    "I'm not able to help with that.",
 )
 AFFIRMATIVE_OPENERS = ("Sure, here is", "Certainly! Here is", "Of course. Here is", "Sure! Here is")
 
@@ -90,13 +93,14 @@ def stable_fraction(key: str) -> float:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
-def seed_path() -> Path:
-    return Path(str(importlib.resources.files("mogu.data") / "seed.jsonl"))
+def packaged_instructions() -> Path:
+    """The instruction set shipped with the package (docs/data.md), read when no data file is given."""
+    return Path(str(importlib.resources.files("mogu.data") / "instructions.jsonl.gz"))
 
 
 def load_records(path: Path | None = None) -> list[Record]:
     """Read and validate instruction records; every problem names file:line and field."""
-    path = Path(path) if path is not None else seed_path()
+    path = Path(path) if path is not None else packaged_instructions()
     records: list[Record] = []
     ids: dict[str, int] = {}
     texts: dict[str, int] = {}
@@ -134,7 +138,7 @@ def load_records(path: Path | None = None) -> list[Record]:
     return records
 
 
-def check_training_splits(records: list[Record], path: Path | None, validation: Iterable[str] = ("val",)) -> None:
+def check_training_splits(records: list[Record], path: Path | None, validation: Iterable[str]) -> None:
     """Training needs harmful and benign-or-borderline instructions in 'train' and among the ``validation``
     splits (they select layers, checkpoints and the calibration)."""
     validation = tuple(validation)
@@ -142,9 +146,11 @@ def check_training_splits(records: list[Record], path: Path | None, validation: 
         for splits in (("train",), validation):
             if not any(r.split in splits and r.benign != harmful for r in records):
                 kind = "harmful" if harmful else "benign or borderline"
-                raise JsonlError(f"{path or seed_path()}: no {kind} instructions with split {' or '.join(splits)}; "
+                raise JsonlError(f"{path or packaged_instructions()}: no {kind} instructions with split {' or '.join(splits)}; "
                                  f"training needs both kinds in 'train' and in the validation splits {list(validation)} "
-                                 "(they select checkpoints)")
+                                 "(they select checkpoints); mark rows of categories or task types left out of 'train' "
+                                 "with split 'val_heldout' and rows written in another style with 'val_style', or set "
+                                 "validation to ['val'] (a random slice of the training pool, which flatters)")
 
 
 def source_id(record: Record) -> str:
@@ -204,6 +210,16 @@ def affirmative_opening(record: Record) -> str:
 
 def refusal_for(record: Record) -> str:
     return REFUSALS[int(stable_fraction(record.id + "r") * len(REFUSALS)) % len(REFUSALS)]
+
+
+def refusal_turn(record: Record) -> Turn:
+    """The record's refusal as a whole answer, ended with the end-of-turn token when trained on."""
+    return Turn(record.refusal or refusal_for(record))
+
+
+def training_response(record: Record, refuse: bool) -> str | Turn:
+    """What the record trains: its refusal (a whole turn) or its compliant opening."""
+    return refusal_turn(record) if refuse else record.compliant
 
 
 def first_sentence(text: str, min_chars: int = 20) -> str:

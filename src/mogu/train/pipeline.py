@@ -42,7 +42,7 @@ from mogu.train.data import (
 )
 from mogu.train.layer_select import select_routed_layers
 from mogu.train.loop import TrainLog, make_accelerator, restore_random_stream, run_stage
-from mogu.train.stages import expert_stage, refusal_count, router_stage
+from mogu.train.stages import expert_stage, generate_all, refused, router_stage
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +102,19 @@ def prepare_output(config: TrainConfig, out: Path, overwrite: bool) -> tuple[Pat
     return work, False
 
 
-def refusal_rates(model: MoGUModel, records: list[Record], max_new_tokens: int) -> dict[str, dict[str, Any]]:
-    """Refusal rates (and their 95% Wilson intervals) of the base model and of MoGU on ``records``, per label."""
+def refusal_rates(refusals: dict[str, list[bool]], records: list[Record]) -> dict[str, dict[str, Any]]:
+    """Refusal rates (and their 95% Wilson intervals) per label of ``records``, from each model's verdicts
+    (``{"base": [...], "mogu": [...]}``, in the order of ``records``)."""
     rates: dict[str, dict[str, Any]] = {}
     for label in ("harmful", "benign", "borderline"):
-        prompts = [r.instruction for r in records if r.label == label]
-        if not prompts:
+        rows = [i for i, r in enumerate(records) if r.label == label]
+        if not rows:
             continue
-        rates[label] = {"n": len(prompts)}
-        for name, mode in (("base", "base"), ("mogu", "mogu")):
-            count = refusal_count(model, prompts, DecodingConfig(max_new_tokens=max_new_tokens, mode=mode))
-            rates[label][name] = count / len(prompts)
-            rates[label][f"{name}_ci95"] = list(wilson_interval(count, len(prompts)))
+        rates[label] = {"n": len(rows)}
+        for name, verdicts in refusals.items():
+            count = sum(verdicts[i] for i in rows)
+            rates[label][name] = count / len(rows)
+            rates[label][f"{name}_ci95"] = list(wilson_interval(count, len(rows)))
     return rates
 
 
@@ -145,10 +146,23 @@ def records_used(records: list[Record], config: TrainConfig) -> list[Record]:
 
 
 def evaluate_splits(model: MoGUModel, records: list[Record], config: TrainConfig) -> dict:
-    """Base model against MoGU on ``evaluation_records``, and which splits selection read."""
+    """Base model against MoGU on ``evaluation_records``, and which splits selection read. Each model answers
+    every split's instructions in one pass (batches of similar length, whatever their split)."""
+    splits = evaluation_records(records, config)
+    chosen = [r for rows in splits.values() for r in rows]
+    instructions = [r.instruction for r in chosen]
+    verdicts = {}
+    for mode in ("base", "mogu"):
+        answers = generate_all(model, instructions, DecodingConfig(max_new_tokens=config.eval_max_new_tokens, mode=mode),
+                               batch_size=32, desc=f"evaluate ({mode})")
+        verdicts[mode] = refused(instructions, answers)
+    result: dict[str, Any] = {}
+    start = 0
+    for split, rows in splits.items():
+        result[split] = {"refusal_rate": refusal_rates({m: v[start : start + len(rows)] for m, v in verdicts.items()}, rows)}
+        start += len(rows)
     return {"judge": "keyword", "max_new_tokens": config.eval_max_new_tokens, "selected_on": config.validation,
-            "splits": {split: {"refusal_rate": refusal_rates(model, chosen, config.eval_max_new_tokens)}
-                       for split, chosen in evaluation_records(records, config).items()}}
+            "splits": result}
 
 
 # What each stage needs trained first (``train(..., stage=...)``): the experts are independent.

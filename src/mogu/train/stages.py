@@ -13,25 +13,29 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from tqdm import tqdm
 
 from mogu.model.config import DecodingConfig
 from mogu.judging.keyword import RefusalJudge
 from mogu.model.generation import Generation
 from mogu.model import MoGUModel
-from mogu.train.batches import Pair, collate, gate_mask, mean_response_ce, response_ce, tokenize_pairs
+from mogu.train.batches import Pair, Turn, collate, gate_mask, mean_response_ce, response_ce, tokenize_pairs
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, StageConfig, TrainConfig
-from mogu.train.data import Record, refusal_for, validation_records
+from mogu.train.data import Record, training_response, validation_records
 from mogu.train.loop import Stage
 from mogu.train.router_init import fit_reader, warm_start_routers
 
 _judge = RefusalJudge()
 
 
-def generate_all(model: MoGUModel, instructions: list[str], decoding: DecodingConfig, batch_size: int = 16) -> list[Generation]:
-    """Answers in the order given, generated in batches of similar length (less padding)."""
+def generate_all(model: MoGUModel, instructions: list[str], decoding: DecodingConfig, batch_size: int = 16,
+                 desc: str | None = None) -> list[Generation]:
+    """Answers in the order given, generated in batches of similar length (less padding); with ``desc``, under a
+    progress bar of that name."""
     order = sorted(range(len(instructions)), key=lambda i: len(instructions[i]))
     answers: list[Generation | None] = [None] * len(instructions)
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch") if desc else starts:
         chunk = order[start : start + batch_size]
         for i, result in zip(chunk, model.generate([instructions[i] for i in chunk], decoding)):
             answers[i] = result
@@ -67,11 +71,11 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     fluency_records = [r for r in validation if (r.label == "harmful") != wants_harmful]
     max_resp = config.synthesis.max_response_tokens
 
-    def wanted(r: Record) -> str:
-        return r.compliant if wants_harmful else r.refusal
+    def wanted(r: Record) -> str | Turn:
+        return training_response(r, refuse=not wants_harmful)
 
-    def unwanted(r: Record) -> str:
-        return r.refusal if wants_harmful else r.compliant
+    def unwanted(r: Record) -> str | Turn:
+        return training_response(r, refuse=wants_harmful)
 
     tokenized = tokenize_pairs(model, [(r.instruction, wanted(r)) for r in train] + [(r.instruction, unwanted(r)) for r in train],
                                config.max_length, max_resp)
@@ -157,10 +161,8 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     train = [r for r in records if r.split == "train"]
     val = validation_records(records, config.validation, config.validation_per_label)
 
-    def target(r: Record) -> str:
-        return r.compliant if r.benign else r.refusal
-
-    tokenized = tokenize_pairs(model, [(r.instruction, target(r)) for r in train], config.max_length, max_resp)
+    tokenized = tokenize_pairs(model, [(r.instruction, training_response(r, refuse=not r.benign)) for r in train],
+                               config.max_length, max_resp)
     log_truncated("router", tokenized.truncated)
     items = [(pair, r.benign) for pair, r in zip(tokenized.pairs, train)]
     decoding = router_decoding(config)
@@ -198,7 +200,7 @@ def sft_stage(model: MoGUModel, train: list[Record], val: list[Record], config: 
     harmful: a refusal) and selected by the lowest CE on ``val``. The caller makes ``slot`` trainable."""
 
     def pairs(records: list[Record]) -> list[Pair]:
-        wanted = [(r.instruction, r.compliant if r.benign else (r.refusal or refusal_for(r))) for r in records]
+        wanted = [(r.instruction, training_response(r, refuse=not r.benign)) for r in records]
         return tokenize_pairs(model, wanted, max_length, max_response_tokens).pairs
 
     val_pairs = pairs(val)

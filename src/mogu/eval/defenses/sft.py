@@ -63,7 +63,7 @@ class SFTConfig(StrictModel):
     max_length: int = Field(192, ge=16)
     max_response_tokens: int = Field(20, ge=4)
     seed: int = 0
-    data: Path | None = Field(None, description="instructions JSONL (docs/data.md); None: the packaged seed data")
+    data: Path | None = Field(None, description="instructions JSONL (docs/data.md); None: the packaged instruction set")
     framing: FramingConfig = Field(
         FramingConfig(), description="framed copies added to the sampled instructions, as mogu train adds them "
         "(mogu.train.augment); the evaluation passes a bundle's own setting"

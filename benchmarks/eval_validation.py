@@ -1,0 +1,42 @@
+"""A bundle's MoGU refusal rates on the validation instructions another run's evaluation read. Prints JSON.
+
+Bundles trained on different data, or selected on different splits, report their own validation draws in
+``evaluation.json``; this answers the reference run's draws (``evaluation_records`` of its saved config, the
+test split left out) with ``bundle``, so that both are compared on the same instructions, greedy, 48 tokens,
+keyword judge.
+
+    python benchmarks/eval_validation.py OLD_BUNDLE --reference NEW_BUNDLE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main() -> None:
+    from mogu.model import MoGUModel
+    from mogu.train.data import load_records
+    from mogu.train.pipeline import bundle_train_config, evaluation_records, refusal_rates
+    from mogu.train.stages import generate_all, refused
+    from mogu.model.config import DecodingConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle")
+    parser.add_argument("--reference", required=True, help="a bundle whose evaluation draws are answered")
+    args = parser.parse_args()
+    config = bundle_train_config(args.reference)
+    splits = evaluation_records(load_records(config.data), config)
+    splits.pop("test", None)
+    model = MoGUModel.from_pretrained(args.bundle)
+    decoding = DecodingConfig(max_new_tokens=config.eval_max_new_tokens, mode="mogu")
+    result = {}
+    for split, rows in splits.items():
+        instructions = [r.instruction for r in rows]
+        verdicts = refused(instructions, generate_all(model, instructions, decoding, batch_size=32, desc=split))
+        result[split] = refusal_rates({"mogu": verdicts}, rows)
+    print(json.dumps({"bundle": args.bundle, "reference": args.reference, "splits": result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
