@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("bundle")
     parser.add_argument("--reference", required=True, help="a bundle whose evaluation draws are answered")
     args = parser.parse_args()
-    config = bundle_train_config(args.reference)
+    config = bundle_train_config(Path(args.reference))
     splits = evaluation_records(load_records(config.data), config)
     splits.pop("test", None)
     model = MoGUModel.from_pretrained(args.bundle)

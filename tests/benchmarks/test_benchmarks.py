@@ -45,3 +45,14 @@ def test_bench_generate_compares_mogu_with_the_plain_model_and_the_released_proc
     assert set(row) == {"plain", "mogu", "released"}
     assert row["mogu"]["time_ratio_vs_plain"] > 0 and row["mogu"]["speedup_vs_released"] > 0
     assert all(v["seconds"] > 0 and v["peak_rss_mb"] > 0 for v in row.values())
+
+
+def test_eval_validation_answers_the_reference_runs_validation_draws(tiny_bundle):
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "eval_validation.py"), str(tiny_bundle),
+                          "--reference", str(tiny_bundle)], capture_output=True, text=True, check=True, timeout=300)
+    splits = json.loads(out.stdout)["splits"]
+    evaluation = json.loads((tiny_bundle / "evaluation.json").read_text())["splits"]
+    assert set(splits) == set(evaluation) - {"test"}
+    for split, rates in splits.items():  # the same instructions, answered by the same bundle: the same rates
+        assert {label: row["mogu"] for label, row in rates.items()} == {
+            label: row["mogu"] for label, row in evaluation[split]["refusal_rate"].items()}

@@ -47,8 +47,10 @@ def probe_separability(
     with every expert off. The layers need not be routed.
     """
     layers = sorted({layer for read in reads.values() for layer in read})
-    train_x, train_y = collect_router_inputs(model, train, mode="base", layers=layers, target_module=target_module)
-    val_x, val_y = collect_router_inputs(model, val, mode="base", layers=layers, target_module=target_module)
+    train_x, train_y = collect_router_inputs(model, train, mode="base", layers=layers, target_module=target_module,
+                                             desc="layer probes (train)")
+    val_x, val_y = collect_router_inputs(model, val, mode="base", layers=layers, target_module=target_module,
+                                         desc="layer probes (validation)")
 
     scores = {}
     for key, layers in reads.items():

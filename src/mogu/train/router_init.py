@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from tqdm import tqdm
 
 from mogu.model.config import Mode
 from mogu.model import MoGUModel
@@ -38,7 +39,7 @@ def by_length(items: list[tuple[Pair, bool]]) -> list[tuple[Pair, bool]]:
 
 def collect_router_inputs(
     model: MoGUModel, items: list[tuple[Pair, bool]], batch_size: int = 16, mode: Mode = "mogu",
-    layers: list[int] | None = None, target_module: str | None = None,
+    layers: list[int] | None = None, target_module: str | None = None, desc: str = "router inputs",
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Router inputs (the inputs of the routed projections) at the first decision position, the last prompt
     token, whose gates choose the first response token (later positions see the teacher-forced response, whose
@@ -48,7 +49,7 @@ def collect_router_inputs(
     ``mode``: ``mogu`` with the routers as they are (fresh routers give
     weights 0.5), ``base`` for what the routers of an expert-free model see. ``layers`` (and
     ``target_module``): the inputs of those layers' target projections, routed or not (default: the routed
-    layers).
+    layers). ``desc`` names the progress bar.
     """
     current: dict[str, torch.Tensor] = {}
     labels = []
@@ -57,7 +58,7 @@ def collect_router_inputs(
         return h[current["rows"], current["cols"]].detach().float().cpu()
 
     with model.routed_inputs(pick, layers, target_module) as captured, torch.no_grad():
-        for start in range(0, len(items), batch_size):
+        for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch"):
             chunk = items[start : start + batch_size]
             # the model is causal, so the response beyond its first token need not be run (that token is
             # kept as a label: the labels mark the decision positions)
@@ -90,7 +91,7 @@ def warm_start_routers(model: MoGUModel, items: list[tuple[Pair, bool]], l2: flo
         raise ValueError("the router warm start fits RMS-normalised inputs; set router.input_norm = true or disable probe_init")
     accuracy: dict[int, float] = {}
     items = by_length(items)
-    features, benign = collect_router_inputs(model, items)
+    features, benign = collect_router_inputs(model, items, desc="router warm start")
     for layer in model.layers:
         x = router_features(features, layer.reads)
         w, b = fit_logistic(x, benign, l2, steps)
@@ -111,7 +112,7 @@ def fit_reader(model: MoGUModel, items: list[tuple[Pair, bool]], l2: float, step
     """
     if model.reader is None:
         raise ValueError("this model has no reader: set router.first = 'reader'")
-    features, benign = collect_router_inputs(model, by_length(items), mode="base")
+    features, benign = collect_router_inputs(model, by_length(items), mode="base", desc="reader")
     x = router_features(features, tuple(model.config.layers))
     w, b = fit_logistic(x, benign, l2, steps)
     model.reader.set_linear(unwill=(-w, -b), glad=(w, b))

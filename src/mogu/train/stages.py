@@ -49,7 +49,7 @@ def refused(instructions: list[str], answers: list[Generation]) -> list[bool]:
 
 def refusal_count(model: MoGUModel, instructions: list[str], decoding: DecodingConfig, batch_size: int = 16) -> int:
     """How many instructions get a generated opening that the keyword judge calls a refusal."""
-    return sum(refused(instructions, generate_all(model, instructions, decoding, batch_size)))
+    return sum(refused(instructions, generate_all(model, instructions, decoding, batch_size, desc="validation")))
 
 
 def ratio_loss(ce_wanted: torch.Tensor, ce_unwanted: torch.Tensor, floor: float, ceiling: float | None) -> torch.Tensor:
@@ -137,7 +137,7 @@ def routed_validation(model: MoGUModel, val: list[Record], decoding: DecodingCon
     """How the routed model behaves on validation records: refusal rates, their balance, and how the
     gates of the first routed token separate the two kinds (``val`` must hold both)."""
     instructions = [r.instruction for r in val]
-    answers = generate_all(model, instructions, decoding)
+    answers = generate_all(model, instructions, decoding, desc="validation")
     verdicts = torch.tensor(refused(instructions, answers), dtype=torch.float32)
     # the gates of the first routed token were computed at the last prompt position: the first decision
     first = torch.stack([a.gates[0] for a in answers])  # (N, L, 2)
