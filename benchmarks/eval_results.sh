@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The docs/RESULTS.md run (see there). BUNDLE defaults to the bundle the pipeline benchmark trains.
+# The docs/results.md run (see there). BUNDLE defaults to the bundle the pipeline benchmark trains.
 set -euo pipefail
 BUNDLE=${1:-runs/bench-bundle}
 D=${MOGU_SHARED_DATASETS:-../shared/datasets}
