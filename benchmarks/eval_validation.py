@@ -18,9 +18,7 @@ from pathlib import Path
 def main() -> None:
     from mogu.model import MoGUModel
     from mogu.train.data import load_records
-    from mogu.train.pipeline import bundle_train_config, evaluation_records, refusal_rates
-    from mogu.train.stages import generate_all, refused
-    from mogu.model.config import DecodingConfig
+    from mogu.train.pipeline import bundle_train_config, evaluation_records, split_refusal_rates
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle")
@@ -30,12 +28,7 @@ def main() -> None:
     splits = evaluation_records(load_records(config.data), config)
     splits.pop("test", None)
     model = MoGUModel.from_pretrained(args.bundle)
-    decoding = DecodingConfig(max_new_tokens=config.eval_max_new_tokens, mode="mogu")
-    result = {}
-    for split, rows in splits.items():
-        instructions = [r.instruction for r in rows]
-        verdicts = refused(instructions, generate_all(model, instructions, decoding, batch_size=32, desc=split))
-        result[split] = refusal_rates({"mogu": verdicts}, rows)
+    result = split_refusal_rates(model, splits, config.eval_max_new_tokens, modes=("mogu",))
     print(json.dumps({"bundle": args.bundle, "reference": args.reference, "splits": result}, indent=2))
 
 

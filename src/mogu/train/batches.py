@@ -50,6 +50,9 @@ def tokenize_pairs(
     for instruction, response in items:
         cut = False
         if isinstance(response, Turn):
+            if tok.eos_token_id is None:
+                raise ValueError(f"{model.config.base.source}: the tokenizer has no end-of-turn (eos) token to end a "
+                                 "trained refusal with")
             response_ids = tok(response.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         else:
             response_ids = tok(response, add_special_tokens=False)["input_ids"]

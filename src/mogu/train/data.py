@@ -49,7 +49,7 @@ LABELS = ("harmful", "benign", "borderline")
 VALIDATION_SPLITS: tuple[str, ...] = get_args(ValidationSplit)
 SPLITS = ("train", *VALIDATION_SPLITS, "test")
 
-#: Whole refusals: each says so once and is trained with the end-of-turn token after it (``refusal_turn``), in
+#: Whole refusals: each says so once and is trained with the end-of-turn token after it (``training_response``), in
 #: at most 11 tokens of the default model, so that it ends inside the routed window (``ROUTED_TOKENS``).
 REFUSALS = (
     "Sorry, but I can't help with that.",
@@ -212,14 +212,10 @@ def refusal_for(record: Record) -> str:
     return REFUSALS[int(stable_fraction(record.id + "r") * len(REFUSALS)) % len(REFUSALS)]
 
 
-def refusal_turn(record: Record) -> Turn:
-    """The record's refusal as a whole answer, ended with the end-of-turn token when trained on."""
-    return Turn(record.refusal or refusal_for(record))
-
-
 def training_response(record: Record, refuse: bool) -> str | Turn:
-    """What the record trains: its refusal (a whole turn) or its compliant opening."""
-    return refusal_turn(record) if refuse else record.compliant
+    """What the record trains: its refusal, a whole answer ended with the end-of-turn token, or its compliant
+    opening."""
+    return Turn(record.refusal or refusal_for(record)) if refuse else record.compliant
 
 
 def first_sentence(text: str, min_chars: int = 20) -> str:

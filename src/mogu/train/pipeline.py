@@ -145,24 +145,29 @@ def records_used(records: list[Record], config: TrainConfig) -> list[Record]:
     return used
 
 
-def evaluate_splits(model: MoGUModel, records: list[Record], config: TrainConfig) -> dict:
-    """Base model against MoGU on ``evaluation_records``, and which splits selection read. Each model answers
-    every split's instructions in one pass (batches of similar length, whatever their split)."""
-    splits = evaluation_records(records, config)
-    chosen = [r for rows in splits.values() for r in rows]
-    instructions = [r.instruction for r in chosen]
+def split_refusal_rates(model: MoGUModel, splits: dict[str, list[Record]], max_new_tokens: int,
+                        modes: tuple[str, ...] = ("base", "mogu")) -> dict[str, dict[str, Any]]:
+    """``refusal_rates`` per split, of the model in each of ``modes``; each mode answers every split's
+    instructions in one pass (batches of similar length, whatever their split)."""
+    instructions = [r.instruction for rows in splits.values() for r in rows]
     verdicts = {}
-    for mode in ("base", "mogu"):
-        answers = generate_all(model, instructions, DecodingConfig(max_new_tokens=config.eval_max_new_tokens, mode=mode),
+    for mode in modes:
+        answers = generate_all(model, instructions, DecodingConfig(max_new_tokens=max_new_tokens, mode=mode),
                                batch_size=32, desc=f"evaluate ({mode})")
         verdicts[mode] = refused(instructions, answers)
     result: dict[str, Any] = {}
     start = 0
     for split, rows in splits.items():
-        result[split] = {"refusal_rate": refusal_rates({m: v[start : start + len(rows)] for m, v in verdicts.items()}, rows)}
+        result[split] = refusal_rates({m: v[start : start + len(rows)] for m, v in verdicts.items()}, rows)
         start += len(rows)
+    return result
+
+
+def evaluate_splits(model: MoGUModel, records: list[Record], config: TrainConfig) -> dict:
+    """Base model against MoGU on ``evaluation_records``, and which splits selection read."""
+    rates = split_refusal_rates(model, evaluation_records(records, config), config.eval_max_new_tokens)
     return {"judge": "keyword", "max_new_tokens": config.eval_max_new_tokens, "selected_on": config.validation,
-            "splits": result}
+            "splits": {split: {"refusal_rate": rows} for split, rows in rates.items()}}
 
 
 # What each stage needs trained first (``train(..., stage=...)``): the experts are independent.
