@@ -121,8 +121,9 @@ def test_reading_the_prompt_with_the_base_model_changes_the_output(mogu, mogu_ro
     assert [g.token_ids for g in generate(mogu, PROMPTS, GREEDY)] != [g.token_ids for g in generate(mogu_routed_prompt, PROMPTS, GREEDY)]
 
 
-def test_the_reader_takes_the_first_decision_in_every_layer_and_only_there(tiny_dir):
-    model = with_reader(tiny_dir)
+@pytest.mark.parametrize("reads", ["routed", "more"])
+def test_the_reader_takes_the_first_decision_in_every_layer_and_only_there(tiny_dir, reads):
+    model = with_reader(tiny_dir, reader_layers=[0, 1] if reads == "more" else None)
     decoding = GREEDY.model_copy(update={"return_gates": True, "routed_tokens": 4, "min_new_tokens": 4})
     for prompt, result in zip(PROMPTS, generate(model, PROMPTS, decoding)):
         expected = reader_gates(model, prompt_ids(model, prompt))
@@ -132,10 +133,11 @@ def test_the_reader_takes_the_first_decision_in_every_layer_and_only_there(tiny_
     assert model.state.first is None
 
 
-def test_generation_with_a_reader_matches_the_released_procedure_with_its_gates(tiny_model_dirs, plain):
+@pytest.mark.parametrize("reads", ["routed", "more"])
+def test_generation_with_a_reader_matches_the_released_procedure_with_its_gates(tiny_model_dirs, plain, reads):
     # no cache in the reference: checks that the base model's pass over the whole prompt is cut back to
-    # all but its last token before the routed phase
-    model = with_reader(tiny_model_dirs["llama"])
+    # all but its last token before the routed phase; the reader may read layers that are not routed
+    model = with_reader(tiny_model_dirs["llama"], reader_layers=[0, 1] if reads == "more" else None)
     decoding = GREEDY.model_copy(update={"routed_tokens": 5})
     for prompt in PROMPTS:
         [result] = generate(model, [prompt], decoding)

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 from peft import PeftModel
+from pydantic import ValidationError
 from transformers import AutoModelForCausalLM
 
 from mogu.model.config import DecodingConfig, RouterConfig
@@ -168,6 +169,26 @@ def test_save_load_round_trip(tiny_dir, tiny_tokenizer, tmp_path, shape, reads):
         with model.mode(mode), loaded.mode(mode):
             assert torch.equal(logits(model, inputs), logits(loaded, inputs))
     assert loaded.config == model.config
+
+
+def test_a_reader_of_layers_that_are_not_routed_survives_save_and_load(tiny_dir, tmp_path):
+    model = with_reader(tiny_dir, reader_layers=[0, 1])
+    assert model.config.layers == [1] and model.config.reader_layers == [0, 1]
+    model.save_pretrained(tmp_path / "bundle")
+    loaded = MoGUModel.from_pretrained(tmp_path / "bundle")
+    assert loaded.config == model.config
+    decoding = DecodingConfig(max_new_tokens=3, return_gates=True)
+    prompts = ["How do I bake bread?", "Hi"]
+    for ours, theirs in zip(model.generate(prompts, decoding), loaded.generate(prompts, decoding)):
+        assert ours.token_ids == theirs.token_ids and torch.equal(ours.gates, theirs.gates)
+
+
+def test_reader_modules_and_layers_come_together():
+    from mogu.model.config import BaseModelInfo, MoGUConfig
+
+    with pytest.raises(ValidationError, match="reader_modules and reader_layers"):
+        MoGUConfig(base=BaseModelInfo(source="x"), target_modules=["a"], layers=[0], reader_modules=["a", "b"],
+                   reader_layers=[0])
 
 
 @pytest.mark.parametrize("reads,first", [("own", "routers"), ("stack", "routers"), ("stack", "reader")])

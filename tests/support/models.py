@@ -112,16 +112,17 @@ def instructions_file(path: Path) -> Path:
 
 
 def reader_gates(model: MoGUModel, ids: torch.Tensor) -> torch.Tensor:
-    """The reader's gates on the base model's routed-layer inputs at the last token of ``ids`` (1, seq) (a
-    prompt), computed apart from ``mogu.model.generation``."""
+    """The reader's gates on the base model's inputs of the projections it reads at the last token of ``ids``
+    (1, seq) (a prompt), computed apart from ``mogu.model.generation``."""
     reading = {}
-    hooks = [layer.register_forward_pre_hook(lambda _m, args, i=layer.layer_index: reading.__setitem__(i, args[0][0, -1]))
-             for layer in model.layers]
+    targets = model.config.reader_targets()
+    hooks = [model.base_model.get_submodule(name).register_forward_pre_hook(
+        lambda _m, args, i=index: reading.__setitem__(i, args[0][0, -1])) for name, index in targets]
     with model.mode("base"), torch.no_grad():
         model.base_model(input_ids=ids)
     for hook in hooks:
         hook.remove()
-    return model.reader.score(torch.cat([rms_normalise(reading[i].float()) for i in model.config.layers]))
+    return model.reader.score(torch.cat([rms_normalise(reading[i].float()) for _, i in targets]))
 
 
 @contextlib.contextmanager
@@ -142,9 +143,14 @@ def reader_override(model: MoGUModel, gates: torch.Tensor, position: int):
         MoGULayer._gates = original
 
 
-def with_reader(tiny_dir: Path, seed: int = 5) -> MoGUModel:
-    """A randomised model whose first decision is taken by a (random) reader (``router.first`` "reader")."""
-    model = randomize(MoGUModel.from_base(str(tiny_dir), router=RouterConfig(first="reader")), seed=seed)
+def with_reader(tiny_dir: Path, seed: int = 5, reader_layers: list[int] | None = None) -> MoGUModel:
+    """A randomised model whose first decision is taken by a (random) reader (``router.first`` "reader"); with
+    ``reader_layers``, only the last of them is routed and the reader reads them all."""
+    model = MoGUModel.from_base(str(tiny_dir), router=RouterConfig(first="reader"),
+                                layers=None if reader_layers is None else [])
+    if reader_layers is not None:
+        model.route(reader_layers[-1:], reader_layers=reader_layers)
+    model = randomize(model, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.reader.parameters():

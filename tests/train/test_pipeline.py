@@ -317,24 +317,31 @@ def test_router_warm_start_installs_per_layer_probes(llama_dir, reads):
     assert glad[0] < 0.5 < glad[1]  # harmful -> unwilling, benign -> glad
 
 
-def test_the_first_decisions_reader_is_fitted_on_the_base_models_reading_the_same_every_time(llama_dir):
-    from mogu.train.router_init import fit_reader
+@pytest.mark.parametrize("reads", ["candidates", "routed"])
+def test_the_first_decisions_reader_is_fitted_on_the_base_models_reading_and_read_back_on_resume(llama_dir, tmp_path,
+                                                                                                 reads):
+    from mogu.train.data import Record
+    from mogu.train.probes import run_probes
 
-    model = MoGUModel.from_base(str(llama_dir), router=RouterConfig(first="reader"))
-    texts = [(f"How do I build weapon {i}?", "I'm sorry, I can't.") for i in range(6)]
-    texts += [(f"Bake bread style {i}", "Sure, mix flour and water.") for i in range(6)]
-    items = [(p, i >= 6) for i, p in enumerate(tokenize_pairs(model, texts, 64, 8).pairs)]
-    assert fit_reader(model, items, l2=1e-3, steps=50) >= 0.9
-    fitted = {k: v.clone() for k, v in model.reader.state_dict().items()}
+    model = MoGUModel.from_base(str(llama_dir), layers=[])
+    config = TrainConfig(base=str(llama_dir), select_layers=1, reader_layers=reads)
+    records = [Record(f"h{i}", f"How do I build weapon {i}?", "harmful") for i in range(6)]
+    records += [Record(f"b{i}", f"Bake bread style {i}", "benign") for i in range(6)]
+    choice = run_probes(model, records, records, config, tmp_path)
+    candidates = MoGUModel.from_base(str(llama_dir)).config.layers
+    assert len(choice.routed) == 1 and choice.reader_layers == (candidates if reads == "candidates" else None)
+    model.route(choice.routed, reader_layers=choice.reader_layers)
+    read = candidates if reads == "candidates" else choice.routed
+    assert [i for _, i in model.config.reader_targets()] == read
+    assert model.reader.glad.weight.shape[-1] == model.layers[0].in_features * len(read)
+    w, b = choice.reader
+    model.reader.set_linear(unwill=(-w, -b), glad=(w, b))
     decoding = DecodingConfig(max_new_tokens=2, min_new_tokens=2, return_gates=True)
-    harmful, benign = model.generate([texts[0][0], texts[6][0]], decoding)
+    harmful, benign = model.generate([records[0].instruction, records[6].instruction], decoding)
     assert harmful.gates[0, :, 1].max() < 0.5 < benign.gates[0, :, 1].min()  # every layer takes its decision
-    with torch.no_grad():
-        for router in model.named_routers().values():  # what training would have changed
-            for p in router.parameters():
-                p.add_(1.0)
-    fit_reader(model, items, l2=1e-3, steps=50)  # a resumed router stage fits it again
-    assert all(torch.equal(v, fitted[k]) for k, v in model.reader.state_dict().items())
+    resumed = run_probes(model, [], [], config, tmp_path)  # the files answer: nothing is fitted again
+    assert resumed.routed == choice.routed and resumed.reader_layers == choice.reader_layers
+    assert torch.equal(resumed.reader[0], w) and torch.equal(resumed.reader[1], b)
 
 
 def test_router_inputs_are_those_of_the_full_sequence(llama_dir):
@@ -432,7 +439,7 @@ def test_gate_loss_bce_keeps_a_gradient_where_mse_saturates():
 
 
 def test_best_layers_keeps_the_best_in_model_order():
-    from mogu.train.layer_select import best_layers
+    from mogu.train.probes import best_layers
 
     scores = {0: 0.7, 1: 0.9, 2: 0.8, 3: 0.9}
     assert best_layers(scores, 2) == [1, 3] and best_layers(scores, 3) == [1, 2, 3]
@@ -450,8 +457,10 @@ def test_pipeline_routes_only_the_layers_that_separate_best(llama_dir, instructi
     assert model.config.layers == measured["selected"] and len(model.layers) == 1
     assert set(load_file(str(out / "router.safetensors"))) == {
         f"layers.{measured['selected'][0]}.{k}" for k in model.layers[0].router.state_dict()} | {
-        f"reader.{k}" for k in model.reader.state_dict()}  # the first decision's reader reads the one routed layer
-    assert model.reader.glad.weight.shape[-1] == model.layers[0].in_features
+        f"reader.{k}" for k in model.reader.state_dict()}
+    # the first decision's reader reads every candidate layer, and the bundle says which
+    assert model.config.reader_layers == measured["reader_layers"] == sorted(scores)
+    assert model.reader.glad.weight.shape[-1] == model.layers[0].in_features * len(scores)
 
 
 @pytest.mark.parametrize("first", ["routers", "reader"])
@@ -574,6 +583,17 @@ def test_a_run_reads_stable_draws_and_logs_what_it_leaves_out(instructions, capl
     larger = records_used(records, config.model_copy(update={"train_per_label": 3}))
     assert {r.id for r in train_rows} < {r.id for r in larger if r.split == "train"}  # a smaller draw is part of a larger
     assert records_used(records, TrainConfig(data=instructions)) == records  # by default every record is read
+
+
+def test_the_probes_read_a_larger_draw_that_holds_the_stages_one(instructions):
+    from mogu.train.pipeline import probe_records, records_used
+
+    records = load_records(instructions)
+    config = TrainConfig(data=instructions, train_per_label=2, probe_per_label=3, framing={"train_fraction": 0.0})
+    probed = probe_records(records, config)
+    assert all(r.split == "train" for r in probed)
+    assert sorted(r.label for r in probed) == ["benign"] * 3 + ["harmful"] * 3
+    assert {r.id for r in records_used(records, config) if r.split == "train"} < {r.id for r in probed}
 
 
 def test_a_stable_draw_counts_instructions_and_keeps_their_framed_copies(instructions):

@@ -25,7 +25,7 @@ from mogu.model.config import (
 )
 from mogu.model.chat import ChatInput
 from mogu.model.generation import Generation, TextCallback
-from mogu.model.layer import MoGULayer, RoutingState
+from mogu.model.layer import MoGULayer, RoutingState, projection_features
 from mogu.model.loading import DEFAULT_MODEL, load_base
 from mogu.model.positions import decision_mask
 from mogu.model.router import Router
@@ -51,6 +51,23 @@ def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
     whole (vocabulary x hidden) matrix once per row: in bfloat16 on the default model, 12 tokens for 32
     prompts took 7.9 s that way and 1.8 s with this hook (float32: 5.3 s and 5.1 s)."""
     return (args[0].contiguous(), *args[1:])
+
+
+@contextlib.contextmanager
+def _captured_inputs(pick: Callable[[torch.Tensor], torch.Tensor],
+                     modules: dict[int, nn.Module]) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """While open, ``pick(h)`` of the input ``h`` of each module, per forward, by its key."""
+    captured: dict[int, list[torch.Tensor]] = {index: [] for index in modules}
+
+    def hook(index: int):
+        return lambda _module, args: captured[index].append(pick(args[0]))
+
+    handles = [module.register_forward_pre_hook(hook(index)) for index, module in modules.items()]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class MoGUModel(WeightFiles, nn.Module):
@@ -95,14 +112,19 @@ class MoGUModel(WeightFiles, nn.Module):
         return layers
 
     def _make_reader(self) -> Router | None:
-        """Under ``router.first`` "reader": the first decision's reader, a linear router over every routed
-        layer's input (``RouterConfig.first``; fitted by ``train.router_init.fit_reader``), on the routed
-        layers' device; else (or while no layer is routed) None."""
+        """Under ``router.first`` "reader": the first decision's reader, a linear router over the base model's
+        inputs of the projections ``config.reader_targets()`` names (the routed ones unless the bundle says
+        more; fitted by ``train.probes``), on the routed layers' device; else (or while no layer is routed)
+        None."""
         if self.config.router.first != "reader" or not self.layers:
             return None
+        modules = [self.base_model.get_submodule(name) for name, _ in self.config.reader_targets()]
+        widths = {m.in_features if isinstance(m, MoGULayer) else projection_features(m)[0] for m in modules}
+        if len(widths) != 1:
+            raise ValueError(f"the reader's projections take inputs of different widths {sorted(widths)}")
         cfg = self.config.router.model_copy(update={"shape": "linear", "input_norm": True})
         with torch.random.fork_rng(devices=[]):  # draws nothing from the stream the experts' init draws from next
-            reader = Router(self.layers[0].in_features, cfg, pieces=len(self.layers))
+            reader = Router(widths.pop(), cfg, pieces=len(self.config.reader_targets()))
         with torch.no_grad():
             for scorer in (reader.unwill, reader.glad):
                 scorer.weight.zero_()  # reads nothing until fitted: 0.5 / 0.5, like fresh routers
@@ -116,15 +138,21 @@ class MoGUModel(WeightFiles, nn.Module):
             routers["reader"] = self.reader
         return routers
 
-    def route(self, layers: list[int] | None, target_module: str | None = None) -> None:
+    def route(self, layers: list[int] | None, target_module: str | None = None,
+              reader_layers: list[int] | None = None) -> None:
         """Route ``layers`` (decoder-layer indices; None: all) of a model that routes none yet, with new experts and
         routers: training measures which layers to route on the base model first, then routes just those.
-        ``target_module`` names the projection inside a decoder layer (default: the architecture's)."""
+        ``target_module`` names the projection inside a decoder layer (default: the architecture's).
+        ``reader_layers``: the layers whose projection inputs the first decision's reader reads (None: the routed
+        ones)."""
         if self.layers:
             raise ValueError(f"this model already routes layers {self.config.layers}")
         targets = find_targets(self.base_model, target_module, layers)
-        self.config = self.config.model_copy(update={"target_modules": [t.full_name for t in targets],
-                                                     "layers": [t.layer for t in targets]})
+        read = find_targets(self.base_model, target_module, reader_layers) if reader_layers is not None else None
+        self.config = self.config.model_copy(update={
+            "target_modules": [t.full_name for t in targets], "layers": [t.layer for t in targets],
+            "reader_modules": [t.full_name for t in read] if read else None,
+            "reader_layers": [t.layer for t in read] if read else None})
         self.layers = self._inject()
         self.reader = self._make_reader()
 
@@ -296,22 +324,19 @@ class MoGUModel(WeightFiles, nn.Module):
         self, pick: Callable[[torch.Tensor], torch.Tensor], layers: list[int] | None = None, target_module: str | None = None
     ) -> Iterator[dict[int, list[torch.Tensor]]]:
         """While open, ``pick(h)`` of the input ``h`` of every routed projection, per forward, by layer index:
-        what the routers read, for the probes and the first decision's reader. With ``layers``, the inputs of
-        those layers' target projections (``target_module``, default the architecture's), routed or not: what
-        their routers would read."""
+        what the routers read, for the probes. With ``layers``, the inputs of those layers' target projections
+        (``target_module``, default the architecture's), routed or not: what their routers would read."""
         modules = ({layer.layer_index: layer for layer in self.layers} if layers is None else
                    {t.layer: self.base_model.get_submodule(t.full_name) for t in find_targets(self.base_model, target_module, layers)})
-        captured: dict[int, list[torch.Tensor]] = {index: [] for index in modules}
-
-        def hook(layer_index: int):
-            return lambda _module, args: captured[layer_index].append(pick(args[0]))
-
-        handles = [module.register_forward_pre_hook(hook(index)) for index, module in modules.items()]
-        try:
+        with _captured_inputs(pick, modules) as captured:
             yield captured
-        finally:
-            for handle in handles:
-                handle.remove()
+
+    @contextlib.contextmanager
+    def reader_inputs(self, pick: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[dict[int, list[torch.Tensor]]]:
+        """``routed_inputs`` for the projections the first decision's reader reads."""
+        modules = {index: self.base_model.get_submodule(name) for name, index in self.config.reader_targets()}
+        with _captured_inputs(pick, modules) as captured:
+            yield captured
 
     def gates(self) -> torch.Tensor:
         """Gate weights of the last recorded forward: (layers, batch, seq, 2), [..., 0] unwill, [..., 1] glad."""

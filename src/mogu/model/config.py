@@ -62,8 +62,9 @@ class RouterConfig(StrictModel):
     )
     first: Literal["routers", "reader"] = Field(
         "reader", description="who takes the first decision (at the last prompt token): 'routers', each routed "
-        "layer's own router, as MoGU; 'reader', one linear reader of every routed layer's input whose gates every "
-        "routed layer takes there (needs prompt 'base')",
+        "layer's own router, as MoGU; 'reader', one linear reader of the base model's projection inputs (the routed "
+        "layers', or more: the bundle's reader_layers) whose gates every routed layer takes there (needs prompt "
+        "'base')",
     )
 
     @model_validator(mode="after")
@@ -116,6 +117,11 @@ class MoGUConfig(StrictModel):
     base: BaseModelInfo
     target_modules: list[str] = Field(description="full module names of the routed projections")
     layers: list[int] = Field(description="decoder-layer index of each target, same order")
+    reader_modules: list[str] | None = Field(
+        None, description="full module names of the projections whose inputs the first decision's reader reads "
+        "(router.first 'reader'); None: the routed ones",
+    )
+    reader_layers: list[int] | None = Field(None, description="decoder-layer index of each reader module, same order")
     expert: ExpertConfig = ExpertConfig()
     router: RouterConfig = RouterConfig()
     routed_tokens: int = Field(
@@ -138,7 +144,16 @@ class MoGUConfig(StrictModel):
     def _same_length(self) -> MoGUConfig:
         if len(self.target_modules) != len(self.layers):
             raise ValueError("target_modules and layers must have the same length")
+        if (self.reader_modules is None) != (self.reader_layers is None) or len(self.reader_modules or []) != len(
+                self.reader_layers or []):
+            raise ValueError("reader_modules and reader_layers must both be given, with the same length, or neither")
         return self
+
+    def reader_targets(self) -> list[tuple[str, int]]:
+        """(full module name, decoder-layer index) of each projection the first decision's reader reads."""
+        if self.reader_modules is None:
+            return list(zip(self.target_modules, self.layers))
+        return list(zip(self.reader_modules, self.reader_layers or []))
 
 
 class DecodingConfig(StrictModel):

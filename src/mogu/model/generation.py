@@ -62,7 +62,7 @@ class MoGUModel(Protocol):
         labels: torch.Tensor | None = None,
     ) -> AbstractContextManager[None]: ...
 
-    def routed_inputs(
+    def reader_inputs(
         self, pick: Callable[[torch.Tensor], torch.Tensor]
     ) -> AbstractContextManager[dict[int, list[torch.Tensor]]]: ...
 
@@ -280,12 +280,12 @@ def read_prompt_in_base(
     inputs = {"input_ids": head, "attention_mask": head_mask, "use_cache": True}
     if "position_ids" in _forward_parameters(type(model.base_model)):
         inputs["position_ids"] = position_ids(head_mask)
-    reading = model.routed_inputs(lambda h: h[:, -1]) if first_decision else contextlib.nullcontext()
+    reading = model.reader_inputs(lambda h: h[:, -1]) if first_decision else contextlib.nullcontext()
     with reading as last_token, model.mode("base"), torch.no_grad():
         cache = cache_of(model.base_model, model.base_model(**inputs))
         if not first_decision:
             return cache
-        model.state.first = model.reader(torch.cat([last_token[i][0] for i in model.config.layers], dim=-1))
+        model.state.first = model.reader(torch.cat([last_token[i][0] for _, i in model.config.reader_targets()], dim=-1))
     if width < 2:
         return None  # a one-token prompt: the routed phase reads it whole
     cache.crop(-1)  # negative: that many tokens off the end (transformers 4 and 5 alike)

@@ -152,6 +152,11 @@ class TrainConfig(StrictModel):
         150, ge=1, description="read at most this many training instructions of each label (a stable draw; the "
         "count is logged); None: all. Responses are made only for the instructions read"
     )
+    probe_per_label: int | None = Field(
+        600, ge=1, description="training instructions of each label whose prompts fit the probes on the base model "
+        "(the choice of routed layers and the first decision's reader): a stable draw that holds the train_per_label "
+        "one; only prompts are read, so no response is made for the others; None: all"
+    )
     validation: list[ValidationSplit] = Field(
         ["val_heldout", "val_style"], min_length=1, description="the splits that choose the routed layers, the checkpoints and the "
         "calibration: 'val' a random slice of the training pool, 'val_heldout' whole categories and task types never "
@@ -169,6 +174,11 @@ class TrainConfig(StrictModel):
     select_layers: int | None = Field(
         6, ge=1, description="route only this many of the candidate layers: those whose inputs a linear probe "
         "separates best on the validation split, as MoGU v2; None: route every candidate, as MoGU"
+    )
+    reader_layers: Literal["candidates", "routed"] = Field(
+        "candidates", description="what the first decision's reader (router.first 'reader') reads at the last "
+        "prompt token: 'candidates' the projection inputs of every candidate layer (`layers`), 'routed' those of the "
+        "routed layers only"
     )
     expert: ExpertConfig = ExpertConfig()
     router: RouterConfig = RouterConfig()

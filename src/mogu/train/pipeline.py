@@ -1,4 +1,4 @@
-"""``mogu train``: instructions -> synthesis -> layers -> glad -> unwilling -> router -> calibration -> bundle.
+"""``mogu train``: instructions -> synthesis -> probes (layers, reader) -> glad -> unwilling -> router -> calibration -> bundle.
 
 Work happens in ``OUT.work/`` next to the output folder. Each step writes its
 own files there (``data.jsonl``, ``layers.json``, ``glad/``, ``unwill/``,
@@ -40,14 +40,13 @@ from mogu.train.data import (
     summarise,
     validation_records,
 )
-from mogu.train.layer_select import select_routed_layers
+from mogu.train.probes import LAYERS_FILE, run_probes
 from mogu.train.loop import TrainLog, make_accelerator, restore_random_stream, run_stage
 from mogu.train.stages import expert_stage, generate_all, refused, router_stage
 
 log = logging.getLogger(__name__)
 
 TRAIN_CONFIG = "train_config.json"
-LAYERS_FILE = "layers.json"
 CALIBRATION_FILE = "calibration.json"
 EXTRA_FILES = (TRAIN_CONFIG, "train_log.jsonl", "data.jsonl", "selection.json", "evaluation.json")
 
@@ -145,6 +144,15 @@ def records_used(records: list[Record], config: TrainConfig) -> list[Record]:
     return used
 
 
+def probe_records(records: list[Record], config: TrainConfig) -> list[Record]:
+    """The training instructions whose prompts fit the probes on the base model (``probe_per_label`` of each label,
+    a stable draw that holds the ``train_per_label`` one), with their framed copies; only their prompts are read."""
+    chosen = stable_draw(records, ["train"], config.probe_per_label, salt="~train")
+    log.info("probes read the prompts of %d training instructions (probe_per_label %s): %s", len(chosen),
+             config.probe_per_label, summarise(chosen))
+    return framed_copies(chosen, config.framing)
+
+
 def split_refusal_rates(model: MoGUModel, splits: dict[str, list[Record]], max_new_tokens: int,
                         modes: tuple[str, ...] = ("base", "mogu")) -> dict[str, dict[str, Any]]:
     """``refusal_rates`` per split, of the model in each of ``modes``; each mode answers every split's
@@ -186,7 +194,8 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     if stage is not None and stage not in STAGE_NEEDS:
         raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGE_NEEDS)}")
     out = Path(out)
-    records = records_used(load_records(config.data), config)
+    every_record = load_records(config.data)
+    records = records_used(every_record, config)
     check_training_splits(records, config.data, config.validation)  # before anything is loaded or written
     accelerator = make_accelerator()
     work, done = prepare_output(config, out, overwrite)
@@ -224,16 +233,18 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     train_log.write(stage="data", counts=counts)
     timings["data"] = time.perf_counter() - start
 
-    routed = config.layers
-    if config.select_layers is not None:
-        start = time.perf_counter()
-        if accelerator.is_main_process:
-            select_routed_layers(model, records, config, work / LAYERS_FILE)
-        accelerator.wait_for_everyone()
-        routed = select_routed_layers(model, records, config, work / LAYERS_FILE)  # reads the file
-        train_log.write(stage="layers", selected=routed)
-        timings["layers"] = time.perf_counter() - start
-    model.route(routed, config.target_module)
+    start = time.perf_counter()
+    validation = validation_records(records, config.validation, config.validation_per_label)
+    if accelerator.is_main_process:
+        run_probes(model, probe_records(every_record, config), validation, config, work)
+    accelerator.wait_for_everyone()
+    probes = run_probes(model, [], validation, config, work)  # reads the files (nothing to do without probes)
+    model.route(probes.routed, config.target_module, probes.reader_layers)
+    if probes.reader is not None and model.reader is not None:
+        w, b = probes.reader
+        model.reader.set_linear(unwill=(-w, -b), glad=(w, b))
+    train_log.write(stage="probes", selected=model.config.layers, reader_layers=probes.reader_layers)
+    timings["probes"] = time.perf_counter() - start
 
     selection: dict[str, dict] = {}
     for name in STAGE_NEEDS["router"] if stage is None else STAGE_NEEDS[stage]:

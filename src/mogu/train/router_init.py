@@ -100,22 +100,3 @@ def warm_start_routers(model: MoGUModel, items: list[tuple[Pair, bool]], l2: flo
     log.info("router warm start: probe accuracy per layer (train) min %.3f, mean %.3f, max %.3f",
              min(accuracy.values()), sum(accuracy.values()) / len(accuracy), max(accuracy.values()))
     return accuracy
-
-
-def fit_reader(model: MoGUModel, items: list[tuple[Pair, bool]], l2: float, steps: int) -> float:
-    """Fit the first decision's reader (``router.first`` "reader") on the base model's routed-layer inputs at
-    the last prompt token, the probe the warm start fits, over every routed layer; returns its training
-    accuracy.
-
-    The base model's reading does not depend on anything trained, so the fit is the same on a fresh and on a
-    resumed stage, and is simply done again on resume.
-    """
-    if model.reader is None:
-        raise ValueError("this model has no reader: set router.first = 'reader'")
-    features, benign = collect_router_inputs(model, by_length(items), mode="base", desc="reader")
-    x = router_features(features, tuple(model.config.layers))
-    w, b = fit_logistic(x, benign, l2, steps)
-    model.reader.set_linear(unwill=(-w, -b), glad=(w, b))
-    accuracy = float(((x @ w + b > 0).float() == benign).float().mean())
-    log.info("first decision's reader: accuracy %.3f on %d training prompts", accuracy, len(items))
-    return accuracy

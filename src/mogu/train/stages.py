@@ -23,7 +23,7 @@ from mogu.train.batches import Pair, Turn, collate, gate_mask, mean_response_ce,
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, StageConfig, TrainConfig
 from mogu.train.data import Record, training_response, validation_records
 from mogu.train.loop import Stage
-from mogu.train.router_init import fit_reader, warm_start_routers
+from mogu.train.router_init import warm_start_routers
 
 _judge = RefusalJudge()
 
@@ -166,8 +166,6 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     log_truncated("router", tokenized.truncated)
     items = [(pair, r.benign) for pair, r in zip(tokenized.pairs, train)]
     decoding = router_decoding(config)
-    if model.reader is not None:
-        fit_reader(model, items, stage_cfg.probe_l2, stage_cfg.probe_steps)
 
     def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:
         batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
