@@ -56,3 +56,31 @@ def test_eval_validation_answers_the_reference_runs_validation_draws(tiny_bundle
     for split, rates in splits.items():  # the same instructions, answered by the same bundle: the same rates
         assert {label: row["mogu"] for label, row in rates.items()} == {
             label: row["mogu"] for label, row in evaluation[split]["refusal_rate"].items()}
+
+
+def test_eval_validation_can_answer_validation_instructions_the_selection_did_not_read(tiny_bundle):
+    from mogu.train.data import load_records, validation_records
+    from mogu.train.pipeline import bundle_train_config
+
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "eval_validation.py"), str(tiny_bundle),
+                          "--reference", str(tiny_bundle), "--unselected", "1"], capture_output=True, text=True,
+                         check=True, timeout=300)
+    splits = json.loads(out.stdout)["splits"]
+    config = bundle_train_config(tiny_bundle)
+    records = load_records(config.data)
+    selected = {r.id for r in validation_records(records, config.validation, config.validation_per_label)}
+    assert splits and all(row["n"] == 1 for rates in splits.values() for row in rates.values())
+    # there are more validation rows than the selection read: the answered ones are outside it
+    assert len([r for r in records if r.split.startswith("val")]) > len(selected)
+
+
+def test_probe_reach_reports_each_draw_and_reading_on_every_validation_split(tiny_model_dirs, tmp_path):
+    data = write_instructions(tmp_path / "instructions.jsonl")
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "probe_reach.py"), "--base", str(tiny_model_dirs["llama"]),
+                          "--data", str(data), "--per-label", "1,all", "--reads", "low=0", "--reads", "all",
+                          "--dtype", "float32"], capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(out.stdout)["refused_percent"]
+    assert len(result) == 4 and all(k.startswith(("low,", "all,")) for k in result)
+    for splits in result.values():
+        assert set(splits) == {"val", "val_heldout", "val_style"}
+        assert all(0 <= rate <= 100 for rates in splits.values() for rate in rates.values())

@@ -91,7 +91,7 @@ class RouterStageConfig(StageConfig):
     alpha: float = Field(2.0, ge=0, description="weight of the gate loss against the mixed model's CE")
     probe_init: bool = Field(
         True, description="warm-start each router from a linear probe on its inputs at the last prompt token of the "
-        "training split (the first decision's reader is fitted so either way)"
+        "training split (the first decision's reader is fitted in the probes step either way)"
     )
     probe_l2: float = Field(1e-3, ge=0, description="L2 strength of the probes (mogu.model.probe.fit_logistic: l2/2 * |w|^2)")
     probe_steps: int = Field(100, ge=1, description="L-BFGS iterations per layer")
