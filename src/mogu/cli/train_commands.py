@@ -49,7 +49,7 @@ def train(
         min=0, max=1, help="operating point: calibrate to the smallest router shift whose benign refusal on "
         "validation is at most this (calibration.max_benign_refusal)")] = None,
     stage: Annotated[Optional[Literal["glad", "unwill", "router"]], typer.Option(
-        help="only this stage (and what it needs first: data, layers, for the router both experts), kept in "
+        help="only this stage (and what it needs first: data, probes, for the router both experts), kept in "
         "OUT.work; a later run without --stage finishes the bundle")] = None,
 ) -> None:
     """Build data, train both experts and the routers, write the bundle; rerun to resume."""

@@ -1,6 +1,6 @@
 """Linear probes: class-balanced, L2-regularised logistic regression fitted with L-BFGS.
 
-Shared by the layer selection (``train/layer_select.py``), the router warm
+Shared by the probes step (``train/probes.py``: layer choice and the first decision's reader), the router warm
 start (``train/router_init.py``) and the detect-input baseline
 (``eval/defenses/detect_input.py``).
 """

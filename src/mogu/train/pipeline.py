@@ -186,7 +186,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     """Run (or resume) the whole pipeline and write the bundle to ``out``; returns ``out``.
 
     With ``stage`` ("glad", "unwill" or "router"), run only what that stage
-    needs and is not done yet in the work folder (the data and layers steps,
+    needs and is not done yet in the work folder (the data and probes steps,
     for the router both experts, and its calibration), then stop without
     writing the bundle; returns the work folder. A later run without
     ``stage`` (same config) finishes from there.
