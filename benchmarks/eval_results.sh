@@ -10,5 +10,5 @@ exec mogu eval "$BUNDLE" \
   --harmful "$D/jailbreak/jbb_attack_prompts.jsonl:where=method=GCG:name=jbb-gcg:limit=50" \
   --benign "$D/xstest_prompts.csv:where=label=safe:name=xstest-safe:limit=100" \
   --benign "$D/just_eval_regular.jsonl:name=just-eval:limit=200" \
-  --defense none,self-reminder,icd,sft,safedecoding,detect-input,mogu-fixed,mogu \
+  --defense none,self-reminder,icd,sft,safedecoding,detect-input,mogu-fixed,mogu --mogu-shifts=-1,1 \
   --max-new-tokens 48 --batch-size 16 --out "${2:-runs/eval-results}"
