@@ -594,6 +594,8 @@ def test_the_probes_read_a_larger_draw_that_holds_the_stages_one(instructions):
     assert all(r.split == "train" for r in probed)
     assert sorted(r.label for r in probed) == ["benign"] * 3 + ["harmful"] * 3
     assert {r.id for r in records_used(records, config) if r.split == "train"} < {r.id for r in probed}
+    fewer = probe_records(records, config.model_copy(update={"probe_per_label": 1}))
+    assert sorted(r.label for r in fewer) == ["benign"] * 2 + ["harmful"] * 2  # never fewer than the stages read
 
 
 def test_a_stable_draw_counts_instructions_and_keeps_their_framed_copies(instructions):

@@ -154,8 +154,8 @@ class TrainConfig(StrictModel):
     )
     probe_per_label: int | None = Field(
         600, ge=1, description="training instructions of each label whose prompts fit the probes on the base model "
-        "(the choice of routed layers and the first decision's reader): a stable draw that holds the train_per_label "
-        "one; only prompts are read, so no response is made for the others; None: all"
+        "(the choice of routed layers and the first decision's reader), or train_per_label if that is more: a stable "
+        "draw that holds the stages' one; only prompts are read, so no response is made for the others; None: all"
     )
     validation: list[ValidationSplit] = Field(
         ["val_heldout", "val_style"], min_length=1, description="the splits that choose the routed layers, the checkpoints and the "

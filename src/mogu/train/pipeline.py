@@ -146,8 +146,10 @@ def records_used(records: list[Record], config: TrainConfig) -> list[Record]:
 
 def probe_records(records: list[Record], config: TrainConfig) -> list[Record]:
     """The training instructions whose prompts fit the probes on the base model (``probe_per_label`` of each label,
-    a stable draw that holds the ``train_per_label`` one), with their framed copies; only their prompts are read."""
-    chosen = stable_draw(records, ["train"], config.probe_per_label, salt="~train")
+    or ``train_per_label`` if that is more: a stable draw that holds the stages' one), with their framed copies;
+    only their prompts are read."""
+    sizes = (config.probe_per_label, config.train_per_label)
+    chosen = stable_draw(records, ["train"], None if None in sizes else max(sizes), salt="~train")
     log.info("probes read the prompts of %d training instructions (probe_per_label %s): %s", len(chosen),
              config.probe_per_label, summarise(chosen))
     return framed_copies(chosen, config.framing)
