@@ -121,23 +121,26 @@ def test_reading_the_prompt_with_the_base_model_changes_the_output(mogu, mogu_ro
     assert [g.token_ids for g in generate(mogu, PROMPTS, GREEDY)] != [g.token_ids for g in generate(mogu_routed_prompt, PROMPTS, GREEDY)]
 
 
+@pytest.mark.parametrize("later", ["routers", "reader"])
 @pytest.mark.parametrize("reads", ["routed", "more"])
-def test_the_reader_takes_the_first_decision_in_every_layer_and_only_there(tiny_dir, reads):
-    model = with_reader(tiny_dir, reader_layers=[0, 1] if reads == "more" else None)
+def test_the_reader_takes_the_first_decision_in_every_layer_and_holds_it_if_asked(tiny_dir, reads, later):
+    model = with_reader(tiny_dir, reader_layers=[0, 1] if reads == "more" else None, later=later)
     decoding = GREEDY.model_copy(update={"return_gates": True, "routed_tokens": 4, "min_new_tokens": 4})
     for prompt, result in zip(PROMPTS, generate(model, PROMPTS, decoding)):
         expected = reader_gates(model, prompt_ids(model, prompt))
         assert torch.allclose(result.gates[0], expected.expand_as(result.gates[0]), atol=1e-5)
-        later = result.gates[1:]
-        assert not torch.allclose(later, expected.expand_as(later), atol=1e-3)  # the routers decide there
+        rest = result.gates[1:]
+        # later "routers": the routers decide the later tokens; "reader": its gates hold for all of them
+        assert torch.allclose(rest, expected.expand_as(rest), atol=1e-3) == (later == "reader")
     assert model.state.first is None
 
 
+@pytest.mark.parametrize("later", ["routers", "reader"])
 @pytest.mark.parametrize("reads", ["routed", "more"])
-def test_generation_with_a_reader_matches_the_released_procedure_with_its_gates(tiny_model_dirs, plain, reads):
+def test_generation_with_a_reader_matches_the_released_procedure_with_its_gates(tiny_model_dirs, plain, reads, later):
     # no cache in the reference: checks that the base model's pass over the whole prompt is cut back to
     # all but its last token before the routed phase; the reader may read layers that are not routed
-    model = with_reader(tiny_model_dirs["llama"], reader_layers=[0, 1] if reads == "more" else None)
+    model = with_reader(tiny_model_dirs["llama"], reader_layers=[0, 1] if reads == "more" else None, later=later)
     decoding = GREEDY.model_copy(update={"routed_tokens": 5})
     for prompt in PROMPTS:
         [result] = generate(model, [prompt], decoding)
@@ -152,6 +155,13 @@ def test_a_reader_needs_the_base_model_to_read_the_prompt():
         RouterConfig(first="reader", prompt="routed")
 
 
+def test_only_a_reader_can_hold_its_decision():
+    with pytest.raises(ValidationError, match="router.later 'reader' needs router.first 'reader'"):
+        RouterConfig(first="routers", later="reader")
+    assert RouterConfig(first="routers").later == "routers"  # follows the routers unless given
+    assert RouterConfig().later == "reader"
+
+
 def test_training_routes_the_positions_generation_routes(mogu, mogu_routed_prompt):
     # labels mark the response: the last prompt token up to the second-last response token are routed
     # (as the released_reference above routes them), the prompt before is read by the base model
@@ -163,6 +173,20 @@ def test_training_routes_the_positions_generation_routes(mogu, mogu_routed_promp
     assert mogu.state.routed is None
     with mogu_routed_prompt.mode("mogu", labels=labels):  # router.prompt "routed": every position
         assert mogu_routed_prompt.state.routed is None
+
+
+def test_an_expert_trains_on_the_positions_routing_gives_it(mogu):
+    # under router.prompt "base" an expert's training forward, like routing, leaves the prompt to the base model
+    ids = prompt_ids(mogu, PROMPTS[0])
+    full = torch.cat([ids, torch.tensor([[5, 6, 7]])], dim=1)
+    labels = torch.cat([torch.full_like(ids, -100), full[:, ids.shape[1]:]], dim=1)
+    with torch.no_grad(), mogu.mode("base"):
+        base = mogu(input_ids=full).logits
+    with torch.no_grad(), mogu.mode("glad", labels=labels):
+        glad = mogu(input_ids=full).logits
+    prompt = ids.shape[1] - 1
+    assert torch.allclose(glad[:, :prompt], base[:, :prompt])
+    assert not torch.allclose(glad[:, prompt:], base[:, prompt:], atol=1e-4)
 
 
 def test_the_kv_cache_goes_by_the_name_the_model_takes(mogu):

@@ -128,12 +128,14 @@ def reader_gates(model: MoGUModel, ids: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def reader_override(model: MoGUModel, gates: torch.Tensor, position: int):
     """For ``released_reference``, which re-runs the whole sequence for each routed token: every forward takes
-    ``gates`` at ``position``, the last prompt token (generation keeps them there in its cache)."""
+    ``gates`` at ``position``, the last prompt token (generation keeps them there in its cache), and under
+    ``router.later`` "reader" at every position after it too."""
     original = MoGULayer._gates
+    held = slice(position, None) if model.config.router.later == "reader" else position
 
     def reader_there(layer, x):
         out = original(layer, x).clone()
-        out[:, position] = gates
+        out[:, held] = gates
         return out
 
     MoGULayer._gates = reader_there
@@ -143,10 +145,12 @@ def reader_override(model: MoGUModel, gates: torch.Tensor, position: int):
         MoGULayer._gates = original
 
 
-def with_reader(tiny_dir: Path, seed: int = 5, reader_layers: list[int] | None = None) -> MoGUModel:
-    """A randomised model whose first decision is taken by a (random) reader (``router.first`` "reader"); with
-    ``reader_layers``, only the last of them is routed and the reader reads them all."""
-    model = MoGUModel.from_base(str(tiny_dir), router=RouterConfig(first="reader"),
+def with_reader(tiny_dir: Path, seed: int = 5, reader_layers: list[int] | None = None,
+                later: str = "routers") -> MoGUModel:
+    """A randomised model whose first decision is taken by a (random) reader (``router.first`` "reader"), the
+    later ones by ``later``; with ``reader_layers``, only the last of them is routed and the reader reads them
+    all."""
+    model = MoGUModel.from_base(str(tiny_dir), router=RouterConfig(first="reader", later=later),
                                 layers=None if reader_layers is None else [])
     if reader_layers is not None:
         model.route(reader_layers[-1:], reader_layers=reader_layers)

@@ -154,8 +154,9 @@ def test_config_files_are_read_with_tomli_before_python_3_11(tmp_path, monkeypat
     assert module.load_train_config(toml).seed == 3
 
 
-def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
-    config = tiny_config(llama_dir, instructions, framing=FramingConfig(val_fraction=1.0))
+@pytest.mark.parametrize("later", ["reader", "routers"])
+def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path, later):
+    config = tiny_config(llama_dir, instructions, framing=FramingConfig(val_fraction=1.0), router={"later": later})
     out = train(config, tmp_path / "bundle")
     names = {p.name for p in out.iterdir()}
     assert {"mogu_config.json", "glad", "unwill", "router.safetensors", "train_config.json", "train_log.jsonl",
@@ -167,8 +168,11 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
     data = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
     assert len(data) == 22 and all(d["compliant"] and d["refusal"] for d in data if d["split"] != "test")
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert {e.get("stage") for e in log} >= {"data", "glad", "unwill", "router"}
-    assert any("validation" in e and "gate_accuracy" in e["validation"] for e in log)
+    # the router stage runs when the routers decide the later tokens, and only then
+    stages = {e.get("stage") for e in log}
+    assert stages >= {"data", "glad", "unwill", "calibrate"} and ("router" in stages) == (later == "routers")
+    assert any("validation" in e and "gate_accuracy" in e["validation"] for e in log) == (later == "routers")
+    assert set(json.loads((out / "selection.json").read_text())) == {"glad", "unwill"} | ({"router"} if later == "routers" else set())
     validated = {(e["stage"], e["step"]) for e in log if "validation" in e}
     assert not any(step == 0 for _, step in validated) and ("unwill", 2) in validated  # starting points are never validated
     evaluation = json.loads((out / "evaluation.json").read_text())
@@ -195,7 +199,7 @@ def test_pipeline_writes_a_complete_bundle(llama_dir, instructions, tmp_path):
 
 
 def test_pipeline_in_bfloat16_trains_float32_experts_and_routers(llama_dir, instructions, tmp_path):
-    config = tiny_config(llama_dir, instructions, dtype="bfloat16", calibration={"shifts": []})
+    config = tiny_config(llama_dir, instructions, dtype="bfloat16", calibration={"shifts": []}, router={"later": "routers"})
     out = train(config, tmp_path / "bundle")
     assert bundle_train_config(out).dtype == "bfloat16"
     model = MoGUModel.from_pretrained(out, dtype="bfloat16")
@@ -216,15 +220,21 @@ def test_bundles_trained_before_a_setting_existed_read_what_they_were_trained_wi
     saved = resolved_dict(tiny_config(llama_dir, instructions))
     for field in ("dtype", "select_layers"):  # as written before these settings existed
         del saved["config"][field]
-    for field in ("prompt", "reads", "first"):
+    for field in ("prompt", "reads", "first", "later"):
         del saved["config"]["router"][field]
     write_json_atomic(tmp_path / "train_config.json", saved)
     config = bundle_train_config(tmp_path)
     assert (config.dtype, config.select_layers) == ("float32", None)
-    assert (config.router.prompt, config.router.reads, config.router.first) == ("routed", "own", "routers")
+    router = config.router
+    assert (router.prompt, router.reads, router.first, router.later) == ("routed", "own", "routers", "routers")
     today = TrainConfig()  # not today's defaults
     assert (today.dtype, today.select_layers) == ("auto", 6)
-    assert (today.router.prompt, today.router.reads, today.router.first) == ("base", "stack", "reader")
+    assert (today.router.prompt, today.router.reads, today.router.first, today.router.later) == ("base", "stack", "reader",
+                                                                                                "reader")
+    # a bundle with a reader from before router.later: the routers decided the later tokens
+    saved["config"]["router"].update(prompt="base", first="reader")
+    write_json_atomic(tmp_path / "train_config.json", saved)
+    assert bundle_train_config(tmp_path).router.later == "routers"
     changed = bundle_train_config(tmp_path, {"router_stage": {"alpha": 3.0}, "seed": 4})
     assert (changed.router_stage.alpha, changed.seed) == (3.0, 4)
     assert changed.router_stage.lr == config.router_stage.lr  # a section is updated, not replaced
@@ -251,7 +261,8 @@ def test_training_data_without_a_validation_split_is_refused(llama_dir, instruct
 def test_interrupted_training_resumes_to_the_same_result(llama_dir, instructions, tmp_path, monkeypatch, crash):
     # with LoRA dropout on, so that the resumed run must also draw the dropout masks the uninterrupted run drew:
     # from the router's checkpoint, or (no checkpoint yet) from the state the finished expert stages left
-    config = tiny_config(llama_dir, instructions).model_copy(update={"expert": ExpertConfig(dropout=0.3)})
+    config = tiny_config(llama_dir, instructions, router={"later": "routers"}).model_copy(
+        update={"expert": ExpertConfig(dropout=0.3)})
     reference = train(config, tmp_path / "reference")
 
     real = loop._write_checkpoint
@@ -473,8 +484,9 @@ def test_calibration_applies_the_best_validation_shift_once_even_after_an_interr
     uncalibrated = train(tiny_config(llama_dir, instructions, calibration={"shifts": []}, router=router),
                          tmp_path / "uncalibrated")
     assert not (uncalibrated / "calibration.json").exists()
-    # a random tiny model refuses nothing whatever the shift: stand in for the measurement, shifts in sorted order
-    measured = iter([0.6, 0.9, 0.7])
+    # a random tiny model refuses nothing whatever the shift: stand in for the measurement, shifts in sorted order;
+    # shift 0 is measured too when no router stage did (the reader holds its decision by default)
+    measured = iter([0.6, 0.5, 0.9, 0.7] if first == "reader" else [0.6, 0.9, 0.7])
     monkeypatch.setattr(calibrate, "routed_validation",
                         lambda *args: {"balanced": next(measured), "harmful_refusal": 0.0, "benign_refusal": 0.0})
 
@@ -504,9 +516,10 @@ def test_train_command_runs_stage_by_stage_to_the_same_bundle(llama_dir, instruc
 
     from mogu.cli import app
 
+    routers = {"later": "routers"}  # a router stage to run on its own
     config = tmp_path / "train.json"
-    config.write_text(tiny_config(llama_dir, instructions).model_dump_json())
-    reference = train(tiny_config(llama_dir, instructions), tmp_path / "reference")
+    config.write_text(tiny_config(llama_dir, instructions, router=routers).model_dump_json())
+    reference = train(tiny_config(llama_dir, instructions, router=routers), tmp_path / "reference")
     out, work = tmp_path / "staged", tmp_path / "staged.work"
 
     def run(*extra: str) -> str:
@@ -529,6 +542,8 @@ def test_train_command_runs_stage_by_stage_to_the_same_bundle(llama_dir, instruc
     assert bad.exit_code != 0 and "everything" in bad.output
     with pytest.raises(ValueError, match="unknown stage 'everything'"):
         train(tiny_config(llama_dir, instructions), tmp_path / "other", stage="everything")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no router stage to run: under router.later 'reader'"):
+        train(tiny_config(llama_dir, instructions), tmp_path / "other", stage="router")
 
 
 def test_choosing_a_shift_by_balance_or_by_an_operating_point():

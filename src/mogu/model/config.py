@@ -66,12 +66,27 @@ class RouterConfig(StrictModel):
         "layers', or more: the bundle's reader_layers) whose gates every routed layer takes there (needs prompt "
         "'base')",
     )
+    later: Literal["routers", "reader"] = Field(
+        "reader", description="who sets the gates of the routed positions after the first decision: 'routers', each "
+        "routed layer's router token by token, as MoGU; 'reader', the first decision's gates hold for the whole routed "
+        "opening (needs first 'reader'; the routers are then neither trained nor read)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _routers_decide_later_too(cls, data: Any) -> Any:
+        """Without a reader nothing can hold its decision: ``later`` follows ``first`` "routers" unless given."""
+        if isinstance(data, dict) and data.get("first") == "routers" and "later" not in data:
+            return {**data, "later": "routers"}
+        return data
 
     @model_validator(mode="after")
     def _paper_reads_its_own_layer(self) -> RouterConfig:
         if self.first == "reader" and self.prompt != "base":
             raise ValueError("router.first 'reader' needs router.prompt 'base': the reader reads the base model's "
                              "pass over the prompt")
+        if self.later == "reader" and self.first != "reader":
+            raise ValueError("router.later 'reader' needs router.first 'reader': it holds the reader's first decision")
         if self.shape == "paper" and self.reads == "stack":
             raise ValueError(
                 "router.shape 'paper' needs router.reads 'own': its first factor is a (hidden x inputs) matrix, and "
@@ -93,8 +108,8 @@ class BaseModelInfo(StrictModel):
 
 # What a router section saved before a setting existed was trained and used with (not today's defaults):
 # before ``router.prompt`` every position was routed, before ``router.reads`` each router read its own layer's
-# input, before ``router.first`` the routers took the first decision.
-OLDER_ROUTER: dict[str, str] = {"prompt": "routed", "reads": "own", "first": "routers"}
+# input, before ``router.first`` the routers took the first decision, before ``router.later`` they took the later ones.
+OLDER_ROUTER: dict[str, str] = {"prompt": "routed", "reads": "own", "first": "routers", "later": "routers"}
 
 
 def with_older_router(config: Any) -> Any:

@@ -328,16 +328,16 @@ def generate(
     prompt_len = input_ids.shape[1]
     gates = None
     if m > 0:
-        routing = decoding.mode in ("mogu", "fixed")
+        routing = decoding.mode != "base"
         first_decision = decoding.mode == "mogu" and model.reader is not None
         prompt_cache = read_prompt_in_base(model, input_ids, mask, first_decision) if routing else None
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and routing else None
         routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
         routed_config.return_dict_in_generate = True
-        # the reader's gates hold for the first routed forward only
+        # the reader's gates hold for the first routed forward only, unless they hold for every routed token
         clear_first = (model.base_model.register_forward_hook(lambda *_: setattr(model.state, "first", None))
-                       if first_decision else None)
+                       if first_decision and model.config.router.later == "routers" else None)
         try:
             with model.mode(decoding.mode, decoding.fixed), torch.no_grad():
                 out = model.base_model.generate(

@@ -8,10 +8,11 @@ For input ``h`` the output in each mode is::
     mogu    (w_u + w_g) * W h + s * (w_u * dW_unwill h + w_g * dW_glad h),  (w_u, w_g) = router(h)
     fixed   the same with (w_u, w_g) given
 
-(in the routed modes ``mogu`` and ``fixed``, positions outside ``RoutingState.routed``,
-when it is set, get ``W h``: how a prompt is read under ``RouterConfig.prompt`` "base";
-in mode ``mogu``, ``RoutingState.first``, when it is set, replaces the gates of the last
-position: the first decision under ``RouterConfig.first`` "reader")
+(in every mode but ``base``, positions outside ``RoutingState.routed``, when it is set,
+get ``W h``: how a prompt is read under ``RouterConfig.prompt`` "base", in training the
+experts as in routing; in mode ``mogu``, ``RoutingState.first``, when it is set, replaces
+the gates of the last position, the first decision under ``RouterConfig.first`` "reader",
+or of every position under ``RouterConfig.later`` "reader")
 
 which is ``w_u * Unwill_resp(h) + w_g * Glad_resp(h)`` as in MoGU. Under
 ``RouterConfig.reads`` "stack" the router scores ``h`` together with the inputs
@@ -51,7 +52,8 @@ class RoutingState:
     # routed inputs run so far in this forward, and how many there were (the lowest routed layer starts anew).
     stack: dict[int, tuple[torch.Tensor, int]] = field(default_factory=dict)
     # Under RouterConfig.first "reader", while decoding: the reader's (batch, 2) gates, which every routed
-    # layer takes at the last position of the next routed forward (the first decision); then cleared.
+    # layer takes at the last position of the next routed forward (the first decision), then cleared; under
+    # RouterConfig.later "reader" at every position of every routed forward.
     first: torch.Tensor | None = None
 
 
@@ -92,6 +94,7 @@ class MoGULayer(nn.Module):
         if self.reads[-1] != layer_index:
             raise ValueError(f"layer {layer_index}'s router must read its own input last, not {self.reads}")
         self.stacks = router.reads == "stack"
+        self.holds = router.later == "reader"
         self.router = Router(self.in_features, router, pieces=len(self.reads))
         # under "stack": (layer index, router, piece) for every routed layer whose router reads this layer's
         # input, this one included (set by the model, which knows them all; a tuple, so not submodules)
@@ -140,11 +143,15 @@ class MoGULayer(nn.Module):
         if mode == "base":
             return out
         if mode in EXPERTS:
-            return out + self.delta(mode, x).to(out.dtype)
-        if mode == "mogu":
+            delta = self.delta(mode, x).to(out.dtype)
+            return out + (delta if self.state.routed is None else delta * self.state.routed[..., None])
+        first = self.state.first
+        if mode == "mogu" and first is not None and self.holds:
+            gates = first[:, None].float().expand(*x.shape[:-1], 2)
+        elif mode == "mogu":
             gates = self._gates(x)
-            if self.state.first is not None:
-                gates = torch.cat([gates[:, :-1], self.state.first[:, None].to(gates)], dim=1)
+            if first is not None:
+                gates = torch.cat([gates[:, :-1], first[:, None].to(gates)], dim=1)
         else:  # fixed
             gates = x.new_tensor(self.state.fixed, dtype=torch.float32).expand(*x.shape[:-1], 2)
         if self.state.record:

@@ -128,8 +128,9 @@ def response_ce(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
 def mean_response_ce(model: MoGUModel, pairs: list[Pair], mode: str, batch_size: int = 16) -> float:
     """``response_ce`` averaged over ``pairs`` in routing mode ``mode``, without gradients."""
     total = 0.0
-    with torch.no_grad(), model.mode(mode):
+    with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
             batch = {k: v.to(model.device) for k, v in collate(pairs[start : start + batch_size], model.tokenizer.pad_token_id).items()}
-            total += float(response_ce(model, batch).sum())
+            with model.mode(mode, labels=batch["labels"]):
+                total += float(response_ce(model, batch).sum())
     return total / max(1, len(pairs))

@@ -76,15 +76,15 @@ def calibration_record(measured: dict[float, dict], chosen: float, max_benign_re
             "validation": {str(s): m for s, m in sorted(measured.items())}}
 
 
-def choose_router_shift(model: MoGUModel, records: list[Record], config: TrainConfig, trained: dict, path: Path) -> None:
-    """Measure the candidate shifts on the validation splits and record them and the choice in ``path``.
-
-    ``trained`` is the router stage's validation of its selected checkpoint (shift 0: not measured again).
-    """
+def choose_router_shift(model: MoGUModel, records: list[Record], config: TrainConfig, measured: dict[float, dict],
+                        path: Path) -> None:
+    """Measure shift 0 and the candidate shifts on the validation splits and record them and the choice in
+    ``path``. ``measured``: shifts already measured (the router stage's validation of its selected checkpoint is
+    shift 0's), not measured again."""
     if path.is_file():
         return
     val = validation_records(records, config.validation, config.validation_per_label)
-    measured = measure_shifts(model, val, router_decoding(config), candidate_shifts(config.calibration), {0.0: trained})
+    measured = measure_shifts(model, val, router_decoding(config), [0.0, *candidate_shifts(config.calibration)], measured)
     chosen = choose_shift(measured, config.calibration.max_benign_refusal)
     write_json_atomic(path, calibration_record(measured, chosen, config.calibration.max_benign_refusal))
 

@@ -217,7 +217,7 @@ PRESETS: dict[str, dict] = {
     "paper": {
         "select_layers": None,
         "routed_tokens": 5,
-        "router": {"shape": "paper", "input_norm": False, "reads": "own", "prompt": "routed", "first": "routers"},
+        "router": {"shape": "paper", "input_norm": False, "reads": "own", "prompt": "routed", "first": "routers", "later": "routers"},
         "router_stage": {"gate_loss": "mse", "probe_init": False, "lr": 5e-4},
         "glad": {"ratio_ceiling": None},
         "unwill": {"ratio_ceiling": None},

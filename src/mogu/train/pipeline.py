@@ -184,6 +184,13 @@ def evaluate_splits(model: MoGUModel, records: list[Record], config: TrainConfig
 STAGE_NEEDS: dict[Stage, tuple[Stage, ...]] = {"glad": ("glad",), "unwill": ("unwill",), "router": ("glad", "unwill", "router")}
 
 
+def stages_to_run(config: TrainConfig, stage: Stage | None) -> tuple[Stage, ...]:
+    """The stages ``train(config, ..., stage)`` runs, in order: what ``stage`` (None: the whole bundle) needs, less
+    the router stage when the routers decide nothing (``router.later`` "reader")."""
+    needs = STAGE_NEEDS["router" if stage is None else stage]
+    return tuple(name for name in needs if name != "router" or config.router.later == "routers")
+
+
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: Stage | None = None) -> Path:
     """Run (or resume) the whole pipeline and write the bundle to ``out``; returns ``out``.
 
@@ -195,6 +202,9 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     """
     if stage is not None and stage not in STAGE_NEEDS:
         raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGE_NEEDS)}")
+    if stage == "router" and config.router.later == "reader":
+        raise ValueError("no router stage to run: under router.later 'reader' the first decision's reader holds for "
+                         "every routed token and the routers are not trained")
     out = Path(out)
     every_record = load_records(config.data)
     records = records_used(every_record, config)
@@ -249,7 +259,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     timings["probes"] = time.perf_counter() - start
 
     selection: dict[str, dict] = {}
-    for name in STAGE_NEEDS["router"] if stage is None else STAGE_NEEDS[stage]:
+    for name in stages_to_run(config, stage):
         stage_dir = work / name
         done_file = stage_dir / "selection.json"
         if done_file.is_file():
@@ -289,11 +299,13 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
 
     if config.calibration.shifts or config.calibration.max_benign_refusal is not None:
         start = time.perf_counter()
-        router = selection["router"]
-        trained = next(v for v in router["validations"] if v["step"] == router["selected_step"])
+        trained = {}
+        if "router" in selection:  # its validation of the selected checkpoint is shift 0's
+            router = selection["router"]
+            chosen = next(v for v in router["validations"] if v["step"] == router["selected_step"])
+            trained = {0.0: {k: v for k, v in chosen.items() if k not in ("step", "score")}}
         if accelerator.is_main_process:
-            choose_router_shift(model, records, config, {k: v for k, v in trained.items() if k not in ("step", "score")},
-                                work / CALIBRATION_FILE)
+            choose_router_shift(model, records, config, trained, work / CALIBRATION_FILE)
         accelerator.wait_for_everyone()
         shift = apply_router_shift(model, work / CALIBRATION_FILE)
         train_log.write(stage="calibrate", shift=shift)

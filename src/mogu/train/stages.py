@@ -91,7 +91,7 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
     def loss(batch_items: list[tuple[Pair, Pair]]) -> tuple[torch.Tensor, dict[str, float], int]:
         pairs = [w for w, _ in batch_items] + [u for _, u in batch_items]
         batch = {k: v.to(model.device) for k, v in collate(pairs, model.tokenizer.pad_token_id).items()}
-        with model.mode(name):
+        with model.mode(name, labels=batch["labels"]):
             ce = response_ce(model, batch)
         ce_want, ce_unwant = ce[: len(batch_items)], ce[len(batch_items) :]
         ratio = ratio_loss(ce_want, ce_unwant, stage_cfg.ratio_floor, stage_cfg.ratio_ceiling)
@@ -205,7 +205,7 @@ def sft_stage(model: MoGUModel, train: list[Record], val: list[Record], config: 
 
     def loss(batch_items: list[Pair]) -> tuple[torch.Tensor, dict[str, float], int]:
         batch = {k: v.to(model.device) for k, v in collate(batch_items, model.tokenizer.pad_token_id).items()}
-        with model.mode(slot):
+        with model.mode(slot, labels=batch["labels"]):
             ce = response_ce(model, batch).mean()
         return ce, {"loss": ce.item()}, int(batch["attention_mask"].sum())
 

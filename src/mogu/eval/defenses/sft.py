@@ -1,5 +1,6 @@
 """``sft``: a LoRA fine-tuned with plain CE on the seed train split (harmful -> a refusal, benign and borderline
--> the base model's answer), trained once by the experts' training loop and cached; it answers every token.
+-> the base model's answer), trained once by the experts' training loop and cached; it answers every token (the
+prompt is read as the experts read it: by the base model under ``router.prompt`` "base").
 
 The LoRA sits where MoGU's experts sit (same modules, r and alpha), so the baseline has the capacity of one MoGU
 expert; it is swapped into the model's glad expert slot only while it is used.
@@ -97,8 +98,9 @@ class SFTDefense(Defense):
         return {"config": self.config.model_dump(mode="json"), "expert": self.model.config.expert.model_dump(mode="json")}
 
     def _wanted(self) -> dict[str, Any]:
+        # the prompt setting says which positions the LoRA was trained on (``router.prompt``)
         return {**self.params(), "base_fingerprint": self.model.config.base.fingerprint,
-                "target_modules": list(self.model.config.target_modules)}
+                "target_modules": list(self.model.config.target_modules), "prompt": self.model.config.router.prompt}
 
     def info(self) -> dict[str, Any]:
         meta = self.cache_dir / "sft.json"
