@@ -74,6 +74,10 @@ class SafeDecodingProcessor(LogitsProcessor):
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], input_ids.shape[1] - mask.shape[1])], dim=1)
         base_model = self.model.base_model
         with self.model.mode(self.expert_mode):
+            if self.read == 0 and self.model.config.router.prompt == "base":
+                # the expert acts where it was trained to: the prompt's last token on (left-padded: the last column)
+                self.model.state.routed = torch.zeros_like(input_ids, dtype=torch.bool)
+                self.model.state.routed[:, -1] = True
             out = base_model(input_ids=input_ids[:, self.read :], attention_mask=mask,
                              position_ids=position_ids(mask)[:, self.read :], use_cache=True,
                              **with_cache(base_model, self.cache))
