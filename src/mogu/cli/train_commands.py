@@ -49,10 +49,11 @@ def train(
         min=0, max=1, help="operating point: calibrate to the smallest router shift whose benign refusal on "
         "validation is at most this (calibration.max_benign_refusal)")] = None,
     stage: Annotated[Optional[Literal["glad", "unwill", "router"]], typer.Option(
-        help="only this stage (and what it needs first: data, probes, for the router both experts), kept in "
-        "OUT.work; a later run without --stage finishes the bundle")] = None,
+        help="only this stage (and what it needs first: data, probes, for the router both experts; no router "
+        "stage under router.later 'reader'), kept in OUT.work; a later run without --stage finishes the bundle")] = None,
 ) -> None:
-    """Build data, train both experts and the routers, write the bundle; rerun to resume."""
+    """Build data, fit the reader, train both experts (and the routers where they decide), write the bundle; rerun
+    to resume."""
     from mogu.train.config import load_train_config
     from mogu.train.pipeline import train as run_training
 

@@ -309,7 +309,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
         accelerator.wait_for_everyone()
         shift = apply_router_shift(model, work / CALIBRATION_FILE)
         train_log.write(stage="calibrate", shift=shift)
-        log.info("routers shifted by %+.2f towards the glad expert", shift)
+        log.info("reader and routers shifted by %+.2f towards the glad expert", shift)
         timings["calibrate"] = time.perf_counter() - start
     if stage == "router":
         log.info("stage router done in %s; run without a stage to finish the bundle", work)
