@@ -299,13 +299,13 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
 
     if config.calibration.shifts or config.calibration.max_benign_refusal is not None:
         start = time.perf_counter()
-        trained = {}
+        measured = {}
         if "router" in selection:  # its validation of the selected checkpoint is shift 0's
             router = selection["router"]
             chosen = next(v for v in router["validations"] if v["step"] == router["selected_step"])
-            trained = {0.0: {k: v for k, v in chosen.items() if k not in ("step", "score")}}
+            measured = {0.0: {k: v for k, v in chosen.items() if k not in ("step", "score")}}
         if accelerator.is_main_process:
-            choose_router_shift(model, records, config, trained, work / CALIBRATION_FILE)
+            choose_router_shift(model, records, config, measured, work / CALIBRATION_FILE)
         accelerator.wait_for_everyone()
         shift = apply_router_shift(model, work / CALIBRATION_FILE)
         train_log.write(stage="calibrate", shift=shift)

@@ -28,7 +28,7 @@ from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel
 from mogu.model.chat import ChatInput
 from mogu.model.config import DecodingConfig
-from mogu.model.generation import cache_of, generate, position_ids, with_cache
+from mogu.model.generation import cache_of, generate, position_ids, read_prompt_in_base, with_cache
 
 
 def safedecoding_scores(p_base: torch.Tensor, p_expert: torch.Tensor, alpha: float, top_c: int) -> torch.Tensor:
@@ -73,11 +73,12 @@ class SafeDecodingProcessor(LogitsProcessor):
         mask = self.prompt_mask
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], input_ids.shape[1] - mask.shape[1])], dim=1)
         base_model = self.model.base_model
+        if self.read == 0:
+            # the expert acts where it was trained to: under router.prompt "base" the base model reads the prompt
+            # but its last token, as in generation
+            self.cache = read_prompt_in_base(self.model, input_ids, mask)
+            self.read = 0 if self.cache is None else input_ids.shape[1] - 1
         with self.model.mode(self.expert_mode):
-            if self.read == 0 and self.model.config.router.prompt == "base":
-                # the expert acts where it was trained to: the prompt's last token on (left-padded: the last column)
-                self.model.state.routed = torch.zeros_like(input_ids, dtype=torch.bool)
-                self.model.state.routed[:, -1] = True
             out = base_model(input_ids=input_ids[:, self.read :], attention_mask=mask,
                              position_ids=position_ids(mask)[:, self.read :], use_cache=True,
                              **with_cache(base_model, self.cache))
