@@ -142,7 +142,7 @@ class TrainConfig(StrictModel):
                       "Hugging Face folder, a .gguf file or a hub id")
     dtype: DtypeName = Field(
         "auto", description="weights of the frozen base model; 'auto': bfloat16 where it is fast (a CUDA GPU that "
-        "supports it, or a CPU with AMX tiles), else float32. Experts and routers train in float32 either way"
+        "supports it, or a CPU with AMX tiles or AVX-512-BF16), else float32. Experts and routers train in float32 either way"
     )
     data: Path | None = Field(
         None, description="instructions JSONL, optionally gzipped (docs/data.md); None: the packaged instruction set "
