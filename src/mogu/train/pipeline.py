@@ -186,9 +186,14 @@ STAGE_NEEDS: dict[Stage, tuple[Stage, ...]] = {"glad": ("glad",), "unwill": ("un
 
 def stages_to_run(config: TrainConfig, stage: Stage | None) -> tuple[Stage, ...]:
     """The stages ``train(config, ..., stage)`` runs, in order: what ``stage`` (None: the whole bundle) needs, less
-    the router stage when the routers decide nothing (``router.later`` "reader")."""
-    needs = STAGE_NEEDS["router" if stage is None else stage]
-    return tuple(name for name in needs if name != "router" or config.router.later == "routers")
+    the router stage when the routers decide nothing (``router.later`` "reader"); a stage that cannot run is refused."""
+    if stage is not None and stage not in STAGE_NEEDS:
+        raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGE_NEEDS)}")
+    trains_routers = config.router.later == "routers"
+    if stage == "router" and not trains_routers:
+        raise ValueError("no router stage to run: under router.later 'reader' the first decision's reader holds for "
+                         "every routed token and the routers are not trained")
+    return tuple(name for name in STAGE_NEEDS[stage or "router"] if name != "router" or trains_routers)
 
 
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: Stage | None = None) -> Path:
@@ -200,11 +205,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     writing the bundle; returns the work folder. A later run without
     ``stage`` (same config) finishes from there.
     """
-    if stage is not None and stage not in STAGE_NEEDS:
-        raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGE_NEEDS)}")
-    if stage == "router" and config.router.later == "reader":
-        raise ValueError("no router stage to run: under router.later 'reader' the first decision's reader holds for "
-                         "every routed token and the routers are not trained")
+    stages = stages_to_run(config, stage)  # refuses a stage that cannot run before anything is read
     out = Path(out)
     every_record = load_records(config.data)
     records = records_used(every_record, config)
@@ -259,7 +260,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, stage: 
     timings["probes"] = time.perf_counter() - start
 
     selection: dict[str, dict] = {}
-    for name in stages_to_run(config, stage):
+    for name in stages:
         stage_dir = work / name
         done_file = stage_dir / "selection.json"
         if done_file.is_file():
