@@ -4,9 +4,13 @@
 loss; the paper's router shape, the linear one reading its own layer, and the
 default, linear reading the routed layers below too), every layer routed,
 against one plain PEFT LoRA step (r 8 on the same projections, CE) on the
-same batch, measured side by side. ``--layers`` routes (and puts the LoRA in)
+same batch, measured side by side; and one glad-expert step on whole sequences (``collate``)
+against the same step with the prompt but its last token read once by the base model without
+gradients (``training_batch``, what the stages run). ``--layers`` routes (and puts the LoRA in)
 those decoder layers only, e.g. the six the default pipeline selects. Both compute the
-CE with ``mogu.train.batches.response_ce`` (logits at response positions only), with
+CE with ``mogu.train.batches.response_ce`` (logits at response positions only; the MoGU
+steps read each prompt but its last token once without gradients, as the stages do, the PEFT step
+runs whole sequences, as stock PEFT training does), with
 base weights of the same ``--dtype`` (default ``auto``, as ``mogu train``: bfloat16 on a
 CPU with AMX or a GPU that supports it, else float32; adapters and routers in float32).
 
@@ -73,6 +77,30 @@ def router_step(model: MoGUModel, batch_size: int) -> tuple[Callable[[], None], 
     return step, [p for p, _ in batch]
 
 
+def expert_steps(model: MoGUModel, pairs: list[Pair], repeats: int) -> dict:
+    """Seconds per glad-expert optimizer step on ``pairs``: whole sequences against the prompt read once."""
+    from mogu.train.batches import collate, response_ce, training_batch
+
+    params = model.set_trainable("glad")
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+    batches = {"whole": lambda: {k: v.to(model.device) for k, v in collate(pairs, 0).items()},
+               "prompt_read_once": lambda: training_batch(model, pairs)}
+    results = {}
+    for name, make in batches.items():
+        def step() -> None:
+            batch = make()
+            with model.mode("glad", labels=batch["labels"]):
+                response_ce(model, batch).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        results[f"mogu_expert_{name}"] = {"seconds_per_step": timed_steps(step, repeats)}
+    results["ratio_expert_prompt_read_once_vs_whole"] = (
+        results["mogu_expert_whole"]["seconds_per_step"] / results["mogu_expert_prompt_read_once"]["seconds_per_step"])
+    return results
+
+
 def throughput(batch_size: int, repeats: int, layers: list[int] | None = None, dtype: DtypeName = "auto") -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -95,6 +123,7 @@ def throughput(batch_size: int, repeats: int, layers: list[int] | None = None, d
         del model, step
     inputs = collate(pairs, 0)  # the batch every step above ran on
     tokens = int(inputs["attention_mask"].sum())
+    results.update(expert_steps(MoGUModel.from_base("default", layers=layers, dtype=weights), pairs, repeats))
 
     plain = AutoModelForCausalLM.from_pretrained(resolve_model_path("default"), dtype=weights)
     peft_config.target_modules = sorted({t.rsplit(".", 1)[-1] for t in peft_config.target_modules})  # e.g. o_proj

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, LogitsProcessor
 
 from mogu.model.config import DecodingConfig, RouterConfig
-from mogu.model.generation import GenerationError, generate, with_cache
+from mogu.model.generation import GenerationError, generate
+from mogu.model.kv_cache import with_cache
 from mogu.model import MoGUModel
 from mogu.model.chat import ChatTemplateError
 from tests.support.models import randomize, reader_gates, reader_override, routed_from, with_reader

@@ -23,7 +23,7 @@ from mogu.model.positions import decision_mask
 from mogu.train import config as train_config
 from mogu.train import loop
 from mogu.train.augment import TRAIN_FRAMINGS, VAL_FRAMINGS, frame, framed_copies
-from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs
+from mogu.train.batches import IGNORE, collate, gate_mask, tokenize_pairs, training_batch
 from mogu.train.config import FramingConfig, TrainConfig, load_train_config
 from mogu.train.data import Record, affirmative_opening, load_records
 from mogu.train.pipeline import OutputExistsError, bundle_train_config, train
@@ -397,9 +397,44 @@ def test_router_stage_routes_only_the_decision_positions(llama_dir):
         stage.loss(stage.items)
     finally:
         handle.remove()
-    batch = collate([pair for pair, _ in stage.items], model.tokenizer.pad_token_id)
-    assert seen and seen[0] is not None and torch.equal(seen[0], decision_mask(batch["labels"]))
+    # the base model reads each prompt but its last token first (those forwards route nothing), then the
+    # loss's forward routes the decision positions of what is left
+    routed = [r for r in seen if r is not None]
+    assert len(seen) > 1 and len(routed) == 1
+    assert torch.equal(routed[0], decision_mask(training_batch(model, [pair for pair, _ in stage.items])["labels"]))
+    full = collate([pair for pair, _ in stage.items], model.tokenizer.pad_token_id)
+    assert int(routed[0].sum()) == int(decision_mask(full["labels"]).sum())
     assert model.state.routed is None
+
+
+@pytest.mark.parametrize("prompt", ["base", "routed"])
+def test_training_batch_gives_the_loss_and_gradients_of_whole_sequences(tiny_dir, prompt):
+    # under router.prompt "base" the prompt but its last token is read once without gradients; the loss and the
+    # expert's gradients are those of the whole right-padded sequences
+    from mogu.train.batches import response_ce, training_batch
+
+    model = randomize(MoGUModel.from_base(str(tiny_dir), expert=ExpertConfig(dropout=0.0),
+                                          router=RouterConfig(prompt=prompt, first="routers", later="routers")), seed=5)
+    items = [("Bake bread", "Sure, mix flour and water."), ("Hi", "Hello."), ("Bake a cake today", "Sure."),
+             ("Bake bread", "I can't.")]  # a prompt met twice, as an expert's wanted and unwanted responses
+    pairs = tokenize_pairs(model, items, 64, 8).pairs
+    params = model.set_trainable("glad")
+
+    def loss_and_grads(batch):
+        for p in params:
+            p.grad = None
+        with model.mode("glad", labels=batch["labels"]):
+            loss = response_ce(model, batch)
+        loss.sum().backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    whole = loss_and_grads({k: v.to(model.device) for k, v in collate(pairs, model.tokenizer.pad_token_id).items()})
+    batch = training_batch(model, pairs)
+    split = loss_and_grads(batch)
+    assert (batch["input_ids"].shape[1] < max(len(p.prompt) + len(p.response) for p in pairs)) == (prompt == "base")
+    assert torch.allclose(whole[0], split[0], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole[1], split[1]))
+    assert any(g.abs().sum() > 0 for g in split[1])  # the expert gets a gradient at all
 
 
 def test_response_ce_equals_the_full_logits_ce(tiny_dir, monkeypatch):

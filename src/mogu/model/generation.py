@@ -4,14 +4,18 @@ The first ``m`` tokens are decoded with routing (mode ``mogu``), the rest by
 the base model alone (mode ``base``: the routed layers return the stock
 projection). Both phases are ordinary ``transformers`` ``generate`` calls on
 the same model, so sampling, EOS, stop strings and padding behave exactly as
-in the plain model. At the hand-over the base model re-reads prompt +
-routed tokens with a fresh cache, as the released MoGU inference does (there
-the base model is a second copy), so the rest of the answer is exactly what
-the plain model writes after those tokens.
+in the plain model. At the hand-over the base model reads the routed tokens
+itself, as the released MoGU inference does (there the base model is a second
+copy that re-reads prompt + routed tokens), so the rest of the answer is
+exactly what the plain model writes after those tokens.
 
 Under ``router.prompt`` "base" the base model first reads each prompt up to
 its last token, and the routed phase continues from that cache: only the
-positions whose output chooses a token are routed, as in training.
+positions whose output chooses a token are routed, as in training. The
+hand-over keeps that part of the cache and reads the last prompt token and
+the routed tokens again (a prompt read routed is read again whole). Wherever
+the base model reads the prompt, the prefix all prompts of a batch share (the
+chat template's system turn) is read once (``mogu.model.kv_cache``).
 
 Gates (``return_gates``): for routed token ``i`` and each routed layer, the
 (w_unwill, w_glad) weights at the position whose output chose token ``i``
@@ -21,13 +25,11 @@ Gates (``return_gates``): for routed token ``i`` and each routed layer, the
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
@@ -38,6 +40,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from mogu.model.chat import ChatInput, format_chat
 from mogu.model.config import DecodingConfig, Mode, MoGUConfig
+from mogu.model.kv_cache import cache_of, crop_to, read_shared_prefix, read_tokens, with_cache
 from mogu.model.layer import RoutingState
 from mogu.model.router import Router
 
@@ -232,64 +235,33 @@ class TextDecoder:
         return self._release(final=True)
 
 
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of left-padded rows, as ``generate`` derives them from the attention mask (padding: 0)."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-@cache
-def _forward_parameters(model_class: type) -> frozenset[str]:
-    """The argument names of the model class's forward (inspected once per class: generation is a hot path)."""
-    return frozenset(inspect.signature(model_class.forward).parameters)
-
-
-def _cache_keyword(model_class: type) -> str:
-    """The name of the KV cache in this model's forward arguments and outputs.
-
-    transformers 5 renamed ``past_key_values`` to ``cache`` (the old name still works until 6.0, with a
-    deprecation warning on every call); older releases and remote-code models only know ``past_key_values``.
-    """
-    return "cache" if "cache" in _forward_parameters(model_class) else "past_key_values"
-
-
-def with_cache(model: PreTrainedModel, kv_cache: Any) -> dict[str, Any]:
-    """``{name: kv_cache}`` to pass to ``model``'s forward or ``generate`` under the name it expects."""
-    return {_cache_keyword(type(model)): kv_cache}
-
-
-def cache_of(model: PreTrainedModel, output: Any) -> Any:
-    """The KV cache in an output of ``model``'s forward or ``generate``."""
-    return getattr(output, _cache_keyword(type(model)))
-
-
 def read_prompt_in_base(
-    model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor, first_decision: bool = False
+    model: MoGUModel, input_ids: torch.Tensor, mask: torch.Tensor, first_decision: bool = False,
+    kv_cache: Cache | None = None,
 ) -> Cache | None:
     """Under ``router.prompt`` "base": the base model's cache of each prompt but its last token, from which
     the routed phase continues (it then routes the last prompt token onwards); otherwise None.
 
     ``first_decision`` (``router.first`` "reader", mode ``mogu``): the base model reads the last prompt token
     too, the reader's gates for it go to ``model.state.first`` (taken by the routed phase's first forward),
-    and the cache is cut back by that token. Prompts are left-padded: the last column is every row's last
-    prompt token.
+    and the cache is cut back by that token. The last column is every row's last prompt token (rows are
+    padded on the left, or after a shared prefix). ``kv_cache``: the base model's cache of the first columns
+    (``kv_cache.read_shared_prefix``), extended in place.
     """
     if model.config.router.prompt != "base" or input_ids.shape[1] < (1 if first_decision else 2):
         return None
     width = input_ids.shape[1] if first_decision else input_ids.shape[1] - 1
-    head, head_mask = input_ids[:, :width], mask[:, :width]
-    inputs = {"input_ids": head, "attention_mask": head_mask, "use_cache": True}
-    if "position_ids" in _forward_parameters(type(model.base_model)):
-        inputs["position_ids"] = position_ids(head_mask)
+    done = 0 if kv_cache is None else kv_cache.get_seq_length()
     reading = model.reader_inputs(lambda h: h[:, -1]) if first_decision else contextlib.nullcontext()
-    with reading as last_token, model.mode("base"), torch.no_grad():
-        cache = cache_of(model.base_model, model.base_model(**inputs))
+    with reading as last_token, model.mode("base"):
+        kv_cache = read_tokens(model.base_model, input_ids[:, done:width], mask[:, :width], kv_cache)
         if not first_decision:
-            return cache
+            return kv_cache
         model.state.first = model.reader(torch.cat([last_token[i][0] for _, i in model.config.reader_targets()], dim=-1))
     if width < 2:
         return None  # a one-token prompt: the routed phase reads it whole
-    cache.crop(-1)  # negative: that many tokens off the end (transformers 4 and 5 alike)
-    return cache
+    crop_to(kv_cache, width - 1)
+    return kv_cache
 
 
 def _as_batch(prompts: ChatInput | Sequence[ChatInput]) -> list[ChatInput]:
@@ -326,11 +298,18 @@ def generate(
 
     input_ids, mask = enc["input_ids"], enc["attention_mask"]
     prompt_len = input_ids.shape[1]
+    routing = decoding.mode != "base"
+    # the prompt read by the base model (no expert acts there): the prefix every row shares is read once
+    prompt_cache = None
+    if not routing or model.config.router.prompt == "base":
+        with model.mode("base"):
+            prompt_cache, input_ids, mask = read_shared_prefix(model.base_model, input_ids, mask, keep=2)
+        enc = {"input_ids": input_ids, "attention_mask": mask}
     gates = None
     if m > 0:
-        routing = decoding.mode != "base"
         first_decision = decoding.mode == "mogu" and model.reader is not None
-        prompt_cache = read_prompt_in_base(model, input_ids, mask, first_decision) if routing else None
+        if routing:
+            prompt_cache = read_prompt_in_base(model, input_ids, mask, first_decision, prompt_cache)
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and routing else None
         routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
@@ -351,6 +330,12 @@ def generate(
                 clear_first.remove()
         if trace:
             gates = torch.stack([torch.stack(trace[i], dim=1) for i in model.config.layers], dim=2).float().cpu()
+        # The hand-over: the base model goes on from what it read itself (the prompt but its last token, whose
+        # routed reading is dropped with the routed tokens'); a prompt read routed is read again whole.
+        base_read = prompt_len - 1 if routing else out.sequences.shape[1]
+        prompt_cache = cache_of(model.base_model, out) if prompt_cache is not None else None
+        if prompt_cache is not None:
+            crop_to(prompt_cache, base_read)
         input_ids = out.sequences
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], input_ids.shape[1] - prompt_len)], dim=1)
 
@@ -360,11 +345,14 @@ def generate(
         rows = torch.tensor(alive, device=input_ids.device)
         if len(alive) < len(decoders):
             input_ids, mask = input_ids[rows], mask[rows]
+            if prompt_cache is not None:
+                prompt_cache.batch_select_indices(rows)
         streamer.rows = alive
         with model.mode("base"), torch.no_grad():
             model.base_model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
+                **with_cache(model.base_model, prompt_cache),
                 generation_config=hf_generation_config(model, decoding, remaining, max(0, decoding.min_new_tokens - m)),
                 streamer=streamer,
                 **tokenizer_kw,

@@ -14,12 +14,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from functools import cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import transformers.modeling_utils
 
 from mogu.model import MoGUModel, format_chat
+from mogu.model.kv_cache import decoder_inputs, read_shared_prefix, read_tokens
 from mogu.model.positions import IGNORE, decision_mask
 
 
@@ -86,6 +87,41 @@ def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def training_batch(model: MoGUModel, pairs: list[Pair]) -> dict[str, Any]:
+    """``collate``'s batch on the model's device, ready for a forward whose loss is on the responses.
+
+    Under ``router.prompt`` "base" no expert acts on a prompt before its last token, so nothing there depends
+    on what is trained: the base model reads those tokens first, without gradients (once per distinct prompt,
+    and the prefix all prompts share once for the batch), and the batch holds the rest, the last prompt token
+    and the response (right-padded), with that cache, its attention mask covering both. The loss and its
+    gradients are those of the whole sequences, at a fraction of the cost.
+    """
+    pad = model.tokenizer.pad_token_id
+    if model.config.router.prompt != "base":
+        return {k: v.to(model.device) for k, v in collate(pairs, pad).items()}
+    index: dict[tuple[int, ...], int] = {}
+    rows = [index.setdefault(tuple(p.prompt[:-1]), len(index)) for p in pairs]
+    width = max(len(head) for head in index)
+    ids = torch.full((len(index), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(index), width), dtype=torch.long)
+    for row, head in enumerate(index):  # left-padded
+        ids[row, width - len(head) :], mask[row, width - len(head) :] = torch.tensor(head, dtype=torch.long), 1
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    kv_cache = None
+    if width:
+        with model.mode("base"):
+            kv_cache, ids, mask = read_shared_prefix(model.base_model, ids, mask, keep=1)
+            done = 0 if kv_cache is None else kv_cache.get_seq_length()
+            kv_cache = read_tokens(model.base_model, ids[:, done:], mask, kv_cache)
+        if len(index) < len(pairs):  # a prompt met again (an expert's wanted and unwanted response)
+            selected = torch.tensor(rows, device=model.device)
+            kv_cache.batch_select_indices(selected)
+            mask = mask[selected]
+    tail = {k: v.to(model.device) for k, v in collate([Pair(p.prompt[-1:], p.response) for p in pairs], pad).items()}
+    return {**decoder_inputs(model.base_model, tail["input_ids"], torch.cat([mask, tail["attention_mask"]], dim=1),
+                             kv_cache), "labels": tail["labels"]}
+
+
 def gate_mask(labels: torch.Tensor, attention_mask: torch.Tensor, prompt: str) -> torch.Tensor:
     """Positions under the router's gate loss: every position when the prompt is routed (``router.prompt``
     "routed", as the released code), else the decision positions, whose output chooses a response token (the
@@ -104,7 +140,7 @@ def _keeps_logits_by_mask(model_class: type) -> bool:
 def response_ce(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over each sequence's response tokens, shape (batch,).
 
-    ``batch`` is ``collate``'s output on the model's device; ``model`` a
+    ``batch`` is ``training_batch``'s (or ``collate``'s, on the model's device); ``model`` a
     ``MoGUModel``, a PEFT model or a plain transformers model. Where the model
     supports it, the vocabulary projection runs only at the positions that
     predict a response token (on the default model it holds 28M of the 135M
@@ -130,7 +166,7 @@ def mean_response_ce(model: MoGUModel, pairs: list[Pair], mode: str, batch_size:
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            batch = {k: v.to(model.device) for k, v in collate(pairs[start : start + batch_size], model.tokenizer.pad_token_id).items()}
+            batch = training_batch(model, pairs[start : start + batch_size])
             with model.mode(mode, labels=batch["labels"]):
                 total += float(response_ce(model, batch).sum())
     return total / max(1, len(pairs))

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from mogu.model.config import Mode
+from mogu.model.kv_cache import decoder_inputs, read_prefix, shared_prefix_length
 from mogu.model import MoGUModel
 from mogu.model.router import rms_normalise
 from mogu.model.probe import fit_logistic
@@ -57,25 +58,32 @@ def collect_router_inputs(
     def pick(h: torch.Tensor) -> torch.Tensor:
         return h[current["rows"], current["cols"]].detach().float().cpu()
 
+    # where no expert reads the prompt, the prefix every prompt of a batch shares is read once
+    shares_prefix = mode == "base" or model.config.router.prompt == "base"
     with model.routed_inputs(pick, layers, target_module) as captured, torch.no_grad():
         for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch"):
             chunk = items[start : start + batch_size]
             # the model is causal, so the response beyond its first token need not be run (that token is
             # kept as a label: the labels mark the decision positions)
             counts = [min(1, len(pair.response)) for pair, _ in chunk]
-            batch = collate([Pair(pair.prompt, pair.response[:n]) for (pair, _), n in zip(chunk, counts)],
-                            model.tokenizer.pad_token_id)
+            batch = {k: v.to(model.device) for k, v in collate(
+                [Pair(pair.prompt, pair.response[:n]) for (pair, _), n in zip(chunk, counts)],
+                model.tokenizer.pad_token_id).items()}
+            shared = shared_prefix_length([pair.prompt for pair, _ in chunk], keep=1) if shares_prefix else 0
+            current["rows"] = current["cols"] = torch.tensor([], dtype=torch.long)  # nothing of the prefix is picked
+            with model.mode("base"):
+                prefix = read_prefix(model.base_model, batch["input_ids"][:1, :shared], len(chunk)) if shared else None
             rows, cols = [], []
             for row, ((pair, benign), n) in enumerate(zip(chunk, counts)):
-                first = len(pair.prompt) - 1  # the last prompt token chooses the first response token
+                first = len(pair.prompt) - 1 - shared  # the last prompt token chooses the first response token
                 rows += [row] * n
                 cols += range(first, first + n)
                 labels += [benign] * n
             current["rows"], current["cols"] = torch.tensor(rows), torch.tensor(cols)
-            labels_of_batch = batch.pop("labels")
             # the decoder stack only: the vocabulary projection would be wasted work
-            with model.mode(mode, labels=labels_of_batch):
-                model.base_model.base_model(**{k: v.to(model.device) for k, v in batch.items()})
+            with model.mode(mode, labels=batch["labels"][:, shared:]):
+                model.base_model.base_model(**decoder_inputs(model.base_model, batch["input_ids"][:, shared:],
+                                                             batch["attention_mask"], prefix))
     return {k: torch.cat(v) for k, v in captured.items()}, torch.tensor(labels, dtype=torch.float32)
 
 

@@ -19,7 +19,7 @@ from mogu.model.config import DecodingConfig
 from mogu.judging.keyword import RefusalJudge
 from mogu.model.generation import Generation
 from mogu.model import MoGUModel
-from mogu.train.batches import Pair, Turn, collate, gate_mask, mean_response_ce, response_ce, tokenize_pairs
+from mogu.train.batches import Pair, Turn, gate_mask, mean_response_ce, response_ce, tokenize_pairs, training_batch
 from mogu.train.config import ExpertStageConfig, RouterStageConfig, StageConfig, TrainConfig
 from mogu.train.data import Record, training_response, validation_records
 from mogu.train.loop import Stage
@@ -90,7 +90,7 @@ def expert_stage(name: str, model: MoGUModel, records: list[Record], config: Tra
 
     def loss(batch_items: list[tuple[Pair, Pair]]) -> tuple[torch.Tensor, dict[str, float], int]:
         pairs = [w for w, _ in batch_items] + [u for _, u in batch_items]
-        batch = {k: v.to(model.device) for k, v in collate(pairs, model.tokenizer.pad_token_id).items()}
+        batch = training_batch(model, pairs)
         with model.mode(name, labels=batch["labels"]):
             ce = response_ce(model, batch)
         ce_want, ce_unwant = ce[: len(batch_items)], ce[len(batch_items) :]
@@ -168,7 +168,7 @@ def router_stage(model: MoGUModel, records: list[Record], config: TrainConfig, l
     decoding = router_decoding(config)
 
     def loss(batch_items: list[tuple[Pair, bool]]) -> tuple[torch.Tensor, dict[str, float], int]:
-        batch = {k: v.to(model.device) for k, v in collate([p for p, _ in batch_items], model.tokenizer.pad_token_id).items()}
+        batch = training_batch(model, [p for p, _ in batch_items])
         with model.mode("mogu", record=True, labels=batch["labels"]):
             ce = response_ce(model, batch)
         gates = torch.stack([model.state.gates[i] for i in model.config.layers], dim=1).float()  # (B, L, T, 2)
@@ -204,7 +204,7 @@ def sft_stage(model: MoGUModel, train: list[Record], val: list[Record], config: 
     val_pairs = pairs(val)
 
     def loss(batch_items: list[Pair]) -> tuple[torch.Tensor, dict[str, float], int]:
-        batch = {k: v.to(model.device) for k, v in collate(batch_items, model.tokenizer.pad_token_id).items()}
+        batch = training_batch(model, batch_items)
         with model.mode(slot, labels=batch["labels"]):
             ce = response_ce(model, batch).mean()
         return ce, {"loss": ce.item()}, int(batch["attention_mask"].sum())

@@ -28,7 +28,8 @@ from mogu.eval.suites import Prompt
 from mogu.model import MoGUModel
 from mogu.model.chat import ChatInput
 from mogu.model.config import DecodingConfig
-from mogu.model.generation import cache_of, generate, position_ids, read_prompt_in_base, with_cache
+from mogu.model.generation import generate, read_prompt_in_base
+from mogu.model.kv_cache import cache_of, position_ids, with_cache
 
 
 def safedecoding_scores(p_base: torch.Tensor, p_expert: torch.Tensor, alpha: float, top_c: int) -> torch.Tensor:
@@ -58,7 +59,8 @@ class SafeDecodingProcessor(LogitsProcessor):
     over) against the expert's, which this processor computes in ``expert_mode`` on its own KV cache.
 
     The returned scores are 0 for the chosen token and ``-inf`` elsewhere, so sampling settings (temperature,
-    top-p, top-k) cannot move the pick. ``encoded`` is the generation loop's left-padded prompt batch.
+    top-p, top-k) cannot move the pick. ``encoded`` is the generation loop's prompt batch (padded on the left,
+    or after the prefix its prompts share).
     """
 
     def __init__(self, model: MoGUModel, encoded: dict[str, torch.Tensor], alpha: float, top_c: int,
