@@ -299,17 +299,18 @@ def generate(
     input_ids, mask = enc["input_ids"], enc["attention_mask"]
     prompt_len = input_ids.shape[1]
     routing = decoding.mode != "base"
-    # the prompt read by the base model (no expert acts there): the prefix every row shares is read once
-    prompt_cache = None
+    # the base model's own cache: where it reads the prompt (no expert acts there), the prefix every row
+    # shares is read once
+    base_cache = None
     if not routing or model.config.router.prompt == "base":
         with model.mode("base"):
-            prompt_cache, input_ids, mask = read_shared_prefix(model.base_model, input_ids, mask, keep=2)
+            base_cache, input_ids, mask = read_shared_prefix(model.base_model, input_ids, mask, keep=2)
         enc = {"input_ids": input_ids, "attention_mask": mask}
     gates = None
     if m > 0:
         first_decision = decoding.mode == "mogu" and model.reader is not None
         if routing:
-            prompt_cache = read_prompt_in_base(model, input_ids, mask, first_decision, prompt_cache)
+            base_cache = read_prompt_in_base(model, input_ids, mask, first_decision, base_cache)
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and routing else None
         routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
@@ -320,7 +321,7 @@ def generate(
         try:
             with model.mode(decoding.mode, decoding.fixed), torch.no_grad():
                 out = model.base_model.generate(
-                    input_ids=input_ids, attention_mask=mask, **with_cache(model.base_model, prompt_cache),
+                    input_ids=input_ids, attention_mask=mask, **with_cache(model.base_model, base_cache),
                     generation_config=routed_config, streamer=streamer, **tokenizer_kw,
                     logits_processor=LogitsProcessorList([first_tokens(enc)] if first_tokens is not None else []),
                 )
@@ -330,12 +331,12 @@ def generate(
                 clear_first.remove()
         if trace:
             gates = torch.stack([torch.stack(trace[i], dim=1) for i in model.config.layers], dim=2).float().cpu()
-        # The hand-over: the base model goes on from what it read itself (the prompt but its last token, whose
-        # routed reading is dropped with the routed tokens'); a prompt read routed is read again whole.
-        base_read = prompt_len - 1 if routing else out.sequences.shape[1]
-        prompt_cache = cache_of(model.base_model, out) if prompt_cache is not None else None
-        if prompt_cache is not None:
-            crop_to(prompt_cache, base_read)
+        # The hand-over: the base model goes on from what it read itself: without routing everything so far,
+        # with it the prompt but its last token (whose routed reading goes with the routed tokens'); a prompt
+        # read routed is read again whole.
+        base_cache = cache_of(model.base_model, out) if base_cache is not None or not routing else None
+        if base_cache is not None and routing:
+            crop_to(base_cache, prompt_len - 1)
         input_ids = out.sequences
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], input_ids.shape[1] - prompt_len)], dim=1)
 
@@ -345,14 +346,14 @@ def generate(
         rows = torch.tensor(alive, device=input_ids.device)
         if len(alive) < len(decoders):
             input_ids, mask = input_ids[rows], mask[rows]
-            if prompt_cache is not None:
-                prompt_cache.batch_select_indices(rows)
+            if base_cache is not None:
+                base_cache.batch_select_indices(rows)
         streamer.rows = alive
         with model.mode("base"), torch.no_grad():
             model.base_model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
-                **with_cache(model.base_model, prompt_cache),
+                **with_cache(model.base_model, base_cache),
                 generation_config=hf_generation_config(model, decoding, remaining, max(0, decoding.min_new_tokens - m)),
                 streamer=streamer,
                 **tokenizer_kw,
