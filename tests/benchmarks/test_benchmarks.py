@@ -47,6 +47,21 @@ def test_bench_generate_compares_mogu_with_the_plain_model_and_the_released_proc
     assert all(v["seconds"] > 0 and v["peak_rss_mb"] > 0 for v in row.values())
 
 
+def test_bench_train_times_an_expert_step_both_ways(tiny_model_dirs, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_train import expert_steps
+
+    from mogu.model import MoGUModel
+    from mogu.train.batches import tokenize_pairs
+
+    model = MoGUModel.from_base(str(tiny_model_dirs["llama"]))
+    pairs = tokenize_pairs(model, [("Bake bread", "Sure, mix flour."), ("Bake bread", "I can't.")], 64, 8).pairs
+    result = expert_steps(model, pairs, repeats=1)
+    assert result["mogu_expert_whole"]["seconds_per_step"] > 0
+    assert result["mogu_expert_prompt_read_once"]["seconds_per_step"] > 0
+    assert result["ratio_expert_prompt_read_once_vs_whole"] > 0
+
+
 def test_eval_validation_answers_the_reference_runs_validation_draws(tiny_bundle):
     out = subprocess.run([sys.executable, str(BENCHMARKS / "eval_validation.py"), str(tiny_bundle),
                           "--reference", str(tiny_bundle)], capture_output=True, text=True, check=True, timeout=300)
