@@ -72,3 +72,14 @@ def test_pareto_plot_draws_mogu_as_one_curve_labelled_with_shifts(report, tmp_pa
     assert curve == [([40.0, 20.0, 10.0, 20.0], [100.0, 80.0, 70.0, 70.0], "MoGU by router shift")]
     assert {"-1", "0", "+1", "+2"} <= set(labels)
     assert "mogu@+1" not in labels and "mogu" in labels and "sft" in labels  # shifted points go by their shift
+
+
+def test_pareto_frontier_per_suite_pair():
+    # two harmful suites, one benign: sft beats mogu on "jail" but not on "harm"
+    kinds = {"harm": "harmful", "jail": "harmful", "ben": "benign"}
+    rates = {"none": (0, 1, 0), "sft": (3, 6, 9), "mogu": (3, 8, 5)}  # benign, harm, jail refusals out of 10
+    made = {name: {"ben": verdicts(b), "harm": verdicts(h), "jail": verdicts(j)} for name, (b, h, j) in rates.items()}
+    made["solo"] = {"harm": verdicts(10)}  # answered one suite only: on no pair
+    report = build_report(made, kinds, {}, {})
+    assert report["pareto_by_suite_pair"] == {"harm x ben": ["none", "mogu"], "jail x ben": ["none", "sft"]}
+    assert "| jail x ben | none, sft |" in format_markdown(report)

@@ -106,6 +106,7 @@ def build_report(
         "schema_version": SCHEMA_VERSION,
         "defenses": defenses,
         "pareto_frontier": pareto_frontier(_points(defenses)),
+        "pareto_by_suite_pair": pareto_by_suite_pair(defenses),
         "mogu_curve": mogu_curve(defenses),
         "gates": gates,
         "config": config,
@@ -126,6 +127,23 @@ def pareto_frontier(points: Mapping[str, tuple[float, float]]) -> list[str]:
 
     front = [n for n, q in points.items() if not any(dominates(p, q) for p in points.values())]
     return sorted(front, key=lambda n: (points[n][0], -points[n][1], n))
+
+
+def pareto_by_suite_pair(defenses: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``pareto_frontier`` for every harmful x benign suite pair (key "harmful suite x benign suite"), on the
+    defenses that answered both suites."""
+    kinds: dict[str, str] = {}
+    for entry in defenses.values():
+        for suite, summary in entry["suites"].items():
+            kinds.setdefault(suite, summary["kind"])
+    fronts = {}
+    for harmful in (s for s, k in kinds.items() if k == "harmful"):
+        for benign in (s for s, k in kinds.items() if k == "benign"):
+            points = {name: (entry["suites"][benign]["refusal_rate"], entry["suites"][harmful]["refusal_rate"])
+                      for name, entry in defenses.items() if {harmful, benign} <= set(entry["suites"])}
+            fronts[f"{harmful} x {benign}"] = pareto_frontier(
+                {name: p for name, p in points.items() if None not in p})
+    return fronts
 
 
 def _pct(rate: float | None) -> str:
@@ -167,6 +185,10 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines += _repetition_table(defenses, order)
     if report.get("pareto_frontier"):
         lines += ["", "Pareto frontier (benign refusal down, harmful refusal up): " + ", ".join(report["pareto_frontier"])]
+    pairs = report.get("pareto_by_suite_pair") or {}
+    if len(pairs) > 1:
+        lines += ["", "Pareto frontier per suite pair:", "", "| harmful x benign | frontier |", "|---|---|"]
+        lines += [f"| {pair} | {', '.join(front)} |" for pair, front in pairs.items()]
     curve = (report.get("mogu_curve") or {}).get("mean", [])
     if len(curve) > 1:
         lines += ["", "MoGU by router shift (harmful mean / benign mean refusal %): " + ", ".join(
