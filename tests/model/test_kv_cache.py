@@ -38,9 +38,10 @@ def test_the_shared_prefix_read_once_gives_the_left_padded_batch_logits(tiny_dir
         whole = inner(**decoder_inputs(inner, ids, mask)).logits[:, -1]
         kv_cache, laid_ids, laid_mask = read_shared_prefix(inner, ids, mask, keep=1)
         assert kv_cache is not None and kv_cache.get_seq_length() > 0
-        done = kv_cache.get_seq_length()
-        read = inner(**decoder_inputs(inner, laid_ids[:, done:], laid_mask, kv_cache)).logits[:, -1]
+        read = inner(**decoder_inputs(inner, laid_ids[:, kv_cache.get_seq_length():], laid_mask, kv_cache)).logits[:, -1]
     assert torch.allclose(whole, read, atol=1e-5)
+    alone = read_shared_prefix(inner, ids[:1], mask[:1], keep=1)  # one row shares nothing: no extra forward
+    assert alone[0] is None and torch.equal(alone[1], ids[:1])
 
 
 def test_generation_reads_the_shared_prefix_once(tiny_dir):

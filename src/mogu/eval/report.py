@@ -129,13 +129,19 @@ def pareto_frontier(points: Mapping[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: (points[n][0], -points[n][1], n))
 
 
-def pareto_by_suite_pair(defenses: Mapping[str, Any]) -> dict[str, list[str]]:
-    """``pareto_frontier`` for every harmful x benign suite pair (key "harmful suite x benign suite"), on the
-    defenses that answered both suites."""
+def _suite_kinds(defenses: Mapping[str, Any]) -> dict[str, str]:
+    """Every suite any defense answered, in first-seen order, with its kind (harmful or benign)."""
     kinds: dict[str, str] = {}
     for entry in defenses.values():
         for suite, summary in entry["suites"].items():
             kinds.setdefault(suite, summary["kind"])
+    return kinds
+
+
+def pareto_by_suite_pair(defenses: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``pareto_frontier`` for every harmful x benign suite pair (key "harmful suite x benign suite"), on the
+    defenses that answered both suites."""
+    kinds = _suite_kinds(defenses)
     fronts = {}
     for harmful in (s for s, k in kinds.items() if k == "harmful"):
         for benign in (s for s, k in kinds.items() if k == "benign"):
@@ -153,10 +159,7 @@ def _pct(rate: float | None) -> str:
 def format_markdown(report: dict[str, Any]) -> str:
     """A table: one row per defense, one column per suite (refusal %), then the per-kind means."""
     defenses = report["defenses"]
-    suites: dict[str, str] = {}
-    for entry in defenses.values():
-        for suite, s in entry["suites"].items():
-            suites.setdefault(suite, s["kind"])
+    suites = _suite_kinds(defenses)
     order = [s for s, k in suites.items() if k == "harmful"] + [s for s, k in suites.items() if k == "benign"]
     cfg = report.get("config", {})
     lines = [

@@ -251,10 +251,9 @@ def read_prompt_in_base(
     if model.config.router.prompt != "base" or input_ids.shape[1] < (1 if first_decision else 2):
         return None
     width = input_ids.shape[1] if first_decision else input_ids.shape[1] - 1
-    done = 0 if kv_cache is None else kv_cache.get_seq_length()
     reading = model.reader_inputs(lambda h: h[:, -1]) if first_decision else contextlib.nullcontext()
     with reading as last_token, model.mode("base"):
-        kv_cache = read_tokens(model.base_model, input_ids[:, done:width], mask[:, :width], kv_cache)
+        kv_cache = read_tokens(model.base_model, input_ids[:, :width], mask[:, :width], kv_cache)
         if not first_decision:
             return kv_cache
         model.state.first = model.reader(torch.cat([last_token[i][0] for _, i in model.config.reader_targets()], dim=-1))

@@ -111,8 +111,7 @@ def training_batch(model: MoGUModel, pairs: list[Pair]) -> dict[str, Any]:
     if width:
         with model.mode("base"):
             kv_cache, ids, mask = read_shared_prefix(model.base_model, ids, mask, keep=1)
-            done = 0 if kv_cache is None else kv_cache.get_seq_length()
-            kv_cache = read_tokens(model.base_model, ids[:, done:], mask, kv_cache)
+            kv_cache = read_tokens(model.base_model, ids, mask, kv_cache)
         if len(index) < len(pairs):  # a prompt met again (an expert's wanted and unwanted response)
             selected = torch.tensor(rows, device=model.device)
             kv_cache.batch_select_indices(selected)
