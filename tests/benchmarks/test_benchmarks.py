@@ -105,3 +105,39 @@ def test_probe_reach_reports_each_draw_and_reading_on_every_validation_split(tin
     for splits in result.values():
         assert set(splits) == {"val", "val_heldout", "val_style"}
         assert all(0 <= rate <= 100 for rates in splits.values() for rate in rates.values())
+
+
+def _eval_report(folder: Path, advbench: float, xstest_safe: float) -> Path:
+    folder.mkdir()
+    suites = {"advbench": {"refusal_rate": advbench, "repeated_sentence_rate": 0.0},
+              "xstest-safe": {"refusal_rate": xstest_safe, "repeated_sentence_rate": 0.1}}
+    (folder / "report.json").write_text(json.dumps({"defenses": {"mogu": {
+        "suites": suites, "harmful_refusal_rate": advbench, "benign_refusal_rate": xstest_safe}}}))
+    return folder
+
+
+def test_seed_spread_gives_mean_and_range_and_refuses_runs_that_differ(tmp_path):
+    def spread(*folders: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(BENCHMARKS / "seed_spread.py"), *map(str, folders)],
+                              capture_output=True, text=True, timeout=60)
+
+    seeds = [_eval_report(tmp_path / f"seed{i}", a, b) for i, (a, b) in enumerate([(0.6, 0.2), (0.9, 0.1), (0.75, 0.3)])]
+    out = spread(*seeds)
+    assert out.returncode == 0, out.stderr
+    cell = json.loads(out.stdout)["rates_percent"]["mogu"]["advbench"]
+    assert cell == {"values": [60.0, 90.0, 75.0], "mean": 75.0, "min": 60.0, "max": 90.0}
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "evaluation.json").write_text(json.dumps({"splits": {"test": {"refusal_rate": {
+        "harmful": {"base": 0.0, "mogu": 0.9}}}}}))
+    assert "one kind" in spread(seeds[0], bundle).stderr
+
+    lacking = tmp_path / "lacking"
+    lacking.mkdir()
+    report = json.loads((seeds[0] / "report.json").read_text())
+    del report["defenses"]["mogu"]["suites"]["xstest-safe"]
+    (lacking / "report.json").write_text(json.dumps(report))
+    failed = spread(seeds[0], lacking)
+    assert failed.returncode != 0 and "xstest-safe" in failed.stderr
+    assert "xstest-safe" in spread(lacking, seeds[0]).stderr  # whichever run lacks it
