@@ -6,7 +6,8 @@ variant does the same work), at each batch size:
 
   plain           a stock transformers model: ``model.generate``
   mogu            MoGUModel.generate: routed tokens with a KV cache on one copy of the weights, then the
-                  base model re-reads prompt + routed tokens and continues
+                  base model reads the last prompt token and the routed tokens (the whole prompt
+                  again where routing read it) and continues
   released        the released procedure: a second full model copy, the routed tokens
                   decoded without a KV cache (whole sequence re-run per token), then the
                   base copy re-reads everything and continues

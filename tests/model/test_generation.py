@@ -92,6 +92,27 @@ def test_without_routing_equals_the_plain_model(mogu, plain, decoding):
         assert result.token_ids == plain_greedy(plain, mogu, prompt, 12)
 
 
+def test_a_routed_answer_does_not_end_before_its_first_token(mogu):
+    """Where the end of the turn is the likeliest first token, the routed answer takes the next one (an empty
+    turn is neither answer nor refusal); the plain model still answers with nothing."""
+    eos = mogu.tokenizer.eos_token_id
+
+    def end_first(module, inputs, logits):
+        logits = logits.clone()
+        logits[..., eos] += 1e4
+        return logits
+
+    hook = mogu.base_model.get_output_embeddings().register_forward_hook(end_first)
+    try:
+        routed = generate(mogu, PROMPTS, GREEDY)
+        plain_answers = generate(mogu, PROMPTS, GREEDY.model_copy(update={"mode": "base"}))
+    finally:
+        hook.remove()
+    assert [len(g.token_ids) for g in routed] == [1] * len(PROMPTS)
+    assert all(eos not in g.token_ids and g.finish_reason == "stop" for g in routed)
+    assert [g.token_ids for g in plain_answers] == [[]] * len(PROMPTS)
+
+
 def test_routing_changes_the_output(mogu, plain):
     routed = [g.token_ids for g in generate(mogu, PROMPTS, GREEDY)]
     base = [plain_greedy(plain, mogu, p, 12) for p in PROMPTS]

@@ -17,6 +17,10 @@ the routed tokens again (a prompt read routed is read again whole). Wherever
 the base model reads the prompt, the prefix all prompts of a batch share (the
 chat template's system turn) is read once (``mogu.model.kv_cache``).
 
+A routed answer does not end before its first token (``min_new_tokens`` is at
+least 1 while routing): an empty turn is neither an answer nor a refusal, and a
+mixture of the experts can put the end of the turn first.
+
 Gates (``return_gates``): for routed token ``i`` and each routed layer, the
 (w_unwill, w_glad) weights at the position whose output chose token ``i``
 (the last prompt position for the first token).
@@ -312,7 +316,7 @@ def generate(
             base_cache = read_prompt_in_base(model, input_ids, mask, first_decision, base_cache)
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and routing else None
-        routed_config = hf_generation_config(model, decoding, m, min(m, decoding.min_new_tokens))
+        routed_config = hf_generation_config(model, decoding, m, min(m, max(decoding.min_new_tokens, int(routing))))
         routed_config.return_dict_in_generate = True
         # the reader's gates hold for the first routed forward only, unless they hold for every routed token
         clear_first = (model.base_model.register_forward_hook(lambda *_: setattr(model.state, "first", None))
