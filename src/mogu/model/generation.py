@@ -316,7 +316,8 @@ def generate(
             base_cache = read_prompt_in_base(model, input_ids, mask, first_decision, base_cache)
         trace: dict[int, list[torch.Tensor]] = {}
         model.state.trace = trace if decoding.return_gates and routing else None
-        routed_config = hf_generation_config(model, decoding, m, min(m, max(decoding.min_new_tokens, int(routing))))
+        at_least = 1 if routing else 0  # a routed answer does not end before its first token (module docstring)
+        routed_config = hf_generation_config(model, decoding, m, min(m, max(decoding.min_new_tokens, at_least)))
         routed_config.return_dict_in_generate = True
         # the reader's gates hold for the first routed forward only, unless they hold for every routed token
         clear_first = (model.base_model.register_forward_hook(lambda *_: setattr(model.state, "first", None))
